@@ -1,0 +1,926 @@
+//! Configuration: the YAML file as raw serde structs, `${VAR}` expansion, and
+//! validation into [`Config`], which holds only checked, typed values.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::Uri;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_yaml::Value;
+
+/// The placeholder secret in `config.example.yaml`; refused so nobody ships it.
+pub const EXAMPLE_SECRET_PLACEHOLDER: &str = "CHANGE-ME-to-a-random-secret-of-at-least-32-bytes";
+
+/// Shortest accepted signing secret, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+// ---------------------------------------------------------------------------
+// Raw structs: exactly what the YAML may say.
+// ---------------------------------------------------------------------------
+
+/// The configuration file as written, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where clients connect (required).
+    pub listen: Option<String>,
+    /// The app's base URL (required).
+    pub upstream: Option<String>,
+    /// Session cookie attributes.
+    #[serde(default)]
+    pub cookie: RawCookie,
+    /// Session lifetime and size.
+    #[serde(default)]
+    pub session: RawSession,
+    /// Which store keeps sessions.
+    #[serde(default)]
+    pub store: RawStore,
+    /// Token signing (required: `secret`).
+    #[serde(default)]
+    pub signing: RawSigning,
+    /// Names of the protocol headers.
+    #[serde(default)]
+    pub headers: RawHeaders,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[serde(default = "defaults::shutdown_grace", deserialize_with = "lenient")]
+    pub shutdown_grace: f64,
+}
+
+/// `cookie:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCookie {
+    /// Cookie name.
+    pub name: String,
+    /// Cookie `Path`.
+    pub path: String,
+    /// Cookie `Domain`, none by default (host-only).
+    pub domain: Option<String>,
+    /// Cookie `Secure`.
+    #[serde(deserialize_with = "lenient")]
+    pub secure: bool,
+    /// Cookie `HttpOnly`.
+    #[serde(deserialize_with = "lenient")]
+    pub http_only: bool,
+    /// Cookie `SameSite`: lax, strict or none.
+    pub same_site: String,
+}
+
+impl Default for RawCookie {
+    fn default() -> Self {
+        Self {
+            name: "sessionid".into(),
+            path: "/".into(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: "lax".into(),
+        }
+    }
+}
+
+/// `session:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    /// Seconds a session lives without a custom expiry (Django's SESSION_COOKIE_AGE).
+    #[serde(deserialize_with = "lenient")]
+    pub max_age: i64,
+    /// Default to browser-session cookies.
+    #[serde(deserialize_with = "lenient")]
+    pub expire_at_browser_close: bool,
+    /// Refresh expiry and cookie on every response to a live session.
+    #[serde(deserialize_with = "lenient")]
+    pub save_every_request: bool,
+    /// Largest serialized session data accepted, in bytes.
+    #[serde(deserialize_with = "lenient")]
+    pub max_bytes: i64,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        Self {
+            max_age: 1_209_600,
+            expire_at_browser_close: false,
+            save_every_request: false,
+            max_bytes: 8192,
+        }
+    }
+}
+
+/// `store:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// Store engine name.
+    pub kind: String,
+    /// Settings of the in-memory store.
+    pub memory: RawMemoryStore,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            memory: RawMemoryStore::default(),
+        }
+    }
+}
+
+/// `store.memory:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMemoryStore {
+    /// Most sessions kept; the least recently used go first.
+    #[serde(deserialize_with = "lenient")]
+    pub max_sessions: i64,
+}
+
+impl Default for RawMemoryStore {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1_000_000,
+        }
+    }
+}
+
+/// `signing:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSigning {
+    /// HMAC secret (required).
+    pub secret: Option<String>,
+    /// Seconds a token stays valid.
+    #[serde(deserialize_with = "lenient")]
+    pub token_ttl: i64,
+}
+
+impl Default for RawSigning {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            token_ttl: 60,
+        }
+    }
+}
+
+/// `headers:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeaders {
+    /// Prefix of every protocol header; the token header is named exactly this.
+    pub prefix: String,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        Self {
+            prefix: "x-session".into(),
+        }
+    }
+}
+
+/// `timeouts:` section, in seconds (fractions allowed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    /// TCP connect to the upstream.
+    #[serde(deserialize_with = "lenient")]
+    pub upstream_connect: f64,
+    /// From sending the request until the upstream's response headers arrive.
+    #[serde(deserialize_with = "lenient")]
+    pub upstream_response: f64,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            upstream_connect: 5.0,
+            upstream_response: 60.0,
+        }
+    }
+}
+
+mod defaults {
+    pub fn shutdown_grace() -> f64 {
+        25.0
+    }
+}
+
+/// Accepts the native YAML type or a string that parses to it, so `${VAR}`
+/// expansions (always strings) can fill numeric and boolean fields.
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + DeserializeOwned,
+    T::Err: fmt::Display,
+{
+    match Value::deserialize(deserializer)? {
+        Value::String(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| D::Error::custom(format!("{text:?}: {e}"))),
+        other => serde_yaml::from_value(other).map_err(D::Error::custom),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated configuration.
+// ---------------------------------------------------------------------------
+
+/// A signing secret; its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret bytes, for keying a MAC.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// Cookie `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Lax`
+    Lax,
+    /// `SameSite=Strict`
+    Strict,
+    /// `SameSite=None` (requires `Secure`)
+    None,
+}
+
+/// Validated cookie attributes.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    /// Cookie name.
+    pub name: String,
+    /// Cookie `Path`.
+    pub path: String,
+    /// Cookie `Domain`.
+    pub domain: Option<String>,
+    /// Cookie `Secure`.
+    pub secure: bool,
+    /// Cookie `HttpOnly`.
+    pub http_only: bool,
+    /// Cookie `SameSite`.
+    pub same_site: SameSite,
+}
+
+/// Validated session rules.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Default lifetime in seconds.
+    pub max_age: u64,
+    /// Browser-session cookies by default.
+    pub expire_at_browser_close: bool,
+    /// Refresh every live session on every non-5xx response.
+    pub save_every_request: bool,
+    /// Largest serialized session data, in bytes.
+    pub max_bytes: usize,
+}
+
+/// Validated store selection.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// In-process store.
+    Memory {
+        /// Capacity in sessions.
+        max_sessions: u64,
+    },
+}
+
+/// Validated signing settings.
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    /// HMAC-SHA256 key.
+    pub secret: Secret,
+    /// Token lifetime in seconds.
+    pub token_ttl: u64,
+}
+
+/// Validated upstream timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub upstream_connect: Duration,
+    /// Until response headers.
+    pub upstream_response: Duration,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Upstream base URI: scheme and authority only.
+    pub upstream: Uri,
+    /// Cookie attributes.
+    pub cookie: CookieConfig,
+    /// Session rules.
+    pub session: SessionConfig,
+    /// Store selection.
+    pub store: StoreConfig,
+    /// Signing settings.
+    pub signing: SigningConfig,
+    /// Protocol header prefix, lowercase.
+    pub header_prefix: String,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+// ---------------------------------------------------------------------------
+
+/// One thing wrong with a configuration, at a field path such as `cookie.same_site`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted field path, or `(file)` for the document as a whole.
+    pub path: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// One or more fields are wrong.
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// Every problem found (empty for an I/O error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, expands and validates a config file, with `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses YAML text, expanding `${VAR}` through `env`, and validates it.
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw = RawConfig::from_yaml(text, env)?;
+        Config::try_from(raw)
+    }
+}
+
+impl RawConfig {
+    /// Parses YAML text into raw structs, expanding `${VAR}` in every string value.
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConfig, ConfigError> {
+        let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(vec![Problem {
+                path: "(file)".into(),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        if value.is_null() {
+            value = Value::Mapping(Default::default());
+        }
+        let mut problems = Vec::new();
+        expand_env(&mut value, &mut String::new(), env, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        serde_path_to_error::deserialize::<_, RawConfig>(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid(vec![Problem {
+                path: if path == "." { "(file)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }])
+        })
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of the tree; `$$` is a literal `$`.
+fn expand_env(
+    value: &mut Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        Value::String(s) if s.contains('$') => match expand_str(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem {
+                path: path.clone(),
+                message,
+            }),
+        },
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                expand_env(v, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(v, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{...}} in {input:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!("invalid variable name {name:?} in ${{{expr}}}"));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} for a fallback)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------
+
+struct Checker(Vec<Problem>);
+
+impl Checker {
+    fn fail(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn seconds(&mut self, path: &str, secs: f64) -> Duration {
+        if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+            Duration::from_secs_f64(secs)
+        } else {
+            self.fail(path, format!("must be a positive number of seconds, got {secs}"));
+            Duration::from_secs(1)
+        }
+    }
+
+    fn positive(&mut self, path: &str, n: i64) -> u64 {
+        if n > 0 {
+            n as u64
+        } else {
+            self.fail(path, format!("must be greater than 0, got {n}"));
+            1
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut c = Checker(Vec::new());
+
+        let listen = match raw.listen.as_deref() {
+            None => {
+                c.fail("listen", "is required (for example 127.0.0.1:8080)");
+                None
+            }
+            Some(s) => match s.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    c.fail("listen", format!("{s:?} is not an IP:port address: {e}"));
+                    None
+                }
+            },
+        };
+
+        let upstream = match raw.upstream.as_deref() {
+            None => {
+                c.fail("upstream", "is required (for example http://127.0.0.1:8000)");
+                None
+            }
+            Some(s) => match parse_upstream(s.trim()) {
+                Ok(u) => Some(u),
+                Err(msg) => {
+                    c.fail("upstream", msg);
+                    None
+                }
+            },
+        };
+
+        let cookie = validate_cookie(&raw.cookie, &mut c);
+
+        let max_age = c.positive("session.max_age", raw.session.max_age);
+        let max_bytes = c.positive("session.max_bytes", raw.session.max_bytes) as usize;
+        let session = SessionConfig {
+            max_age,
+            expire_at_browser_close: raw.session.expire_at_browser_close,
+            save_every_request: raw.session.save_every_request,
+            max_bytes,
+        };
+
+        let store = match raw.store.kind.trim() {
+            "memory" => StoreConfig::Memory {
+                max_sessions: c.positive("store.memory.max_sessions", raw.store.memory.max_sessions),
+            },
+            "sqlite" | "redis" | "cookie" => {
+                c.fail(
+                    "store.kind",
+                    format!("{:?} is not available in this version; use memory", raw.store.kind),
+                );
+                StoreConfig::Memory { max_sessions: 1 }
+            }
+            other => {
+                c.fail("store.kind", format!("unknown store {other:?}; expected memory"));
+                StoreConfig::Memory { max_sessions: 1 }
+            }
+        };
+
+        let secret = match raw.signing.secret.as_deref() {
+            None => {
+                c.fail(
+                    "signing.secret",
+                    format!("is required: at least {MIN_SECRET_BYTES} random bytes, for example from `openssl rand -base64 48`"),
+                );
+                Secret::new(Vec::new())
+            }
+            Some(s) if s == EXAMPLE_SECRET_PLACEHOLDER => {
+                c.fail(
+                    "signing.secret",
+                    "is the example's placeholder; set SESSIONWARD_SECRET to a random value of your own",
+                );
+                Secret::new(Vec::new())
+            }
+            Some(s) if s.len() < MIN_SECRET_BYTES => {
+                c.fail(
+                    "signing.secret",
+                    format!("is {} bytes; at least {MIN_SECRET_BYTES} are required", s.len()),
+                );
+                Secret::new(Vec::new())
+            }
+            Some(s) => Secret::new(s.as_bytes()),
+        };
+        let token_ttl = c.positive("signing.token_ttl", raw.signing.token_ttl);
+
+        let prefix = raw.headers.prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || http::HeaderName::from_bytes(prefix.as_bytes()).is_err() {
+            c.fail(
+                "headers.prefix",
+                format!("{:?} is not a valid header name", raw.headers.prefix),
+            );
+        } else if is_reserved_header(&prefix) {
+            c.fail(
+                "headers.prefix",
+                format!("{prefix:?} would strip standard headers; choose a name of your own such as x-session"),
+            );
+        }
+
+        let timeouts = Timeouts {
+            upstream_connect: c.seconds("timeouts.upstream_connect", raw.timeouts.upstream_connect),
+            upstream_response: c.seconds("timeouts.upstream_response", raw.timeouts.upstream_response),
+        };
+        let shutdown_grace = c.seconds("shutdown_grace", raw.shutdown_grace);
+
+        match (c.0.is_empty(), listen, upstream) {
+            (true, Some(listen), Some(upstream)) => Ok(Config {
+                listen,
+                upstream,
+                cookie,
+                session,
+                store,
+                signing: SigningConfig { secret, token_ttl },
+                header_prefix: prefix,
+                timeouts,
+                shutdown_grace,
+            }),
+            _ => Err(ConfigError::Invalid(c.0)),
+        }
+    }
+}
+
+/// A prefix that matches headers every request carries would make the proxy strip them.
+fn is_reserved_header(prefix: &str) -> bool {
+    const STANDARD: &[&str] = &[
+        "accept", "authorization", "cache-control", "connection", "content-length", "content-type",
+        "cookie", "host", "set-cookie", "transfer-encoding", "user-agent", "vary", "x-forwarded",
+    ];
+    STANDARD.iter().any(|h| h.starts_with(prefix))
+}
+
+fn parse_upstream(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("{s:?}: https upstreams are not supported yet; use http://")),
+        Some(other) => return Err(format!("{s:?}: scheme {other:?} is not supported; use http://")),
+        None => return Err(format!("{s:?} has no scheme; write http://{s}")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{s:?} has no host"))?
+        .clone();
+    if authority.host().is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?}: the upstream must be a scheme and host only; request paths are forwarded as they come"
+        ));
+    }
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn validate_cookie(raw: &RawCookie, c: &mut Checker) -> CookieConfig {
+    let name = raw.name.trim().to_string();
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if !valid_name {
+        c.fail("cookie.name", format!("{:?} is not a valid cookie name", raw.name));
+    }
+    let same_site = match raw.same_site.trim().to_ascii_lowercase().as_str() {
+        "lax" => SameSite::Lax,
+        "strict" => SameSite::Strict,
+        "none" => SameSite::None,
+        other => {
+            c.fail(
+                "cookie.same_site",
+                format!("{other:?} is not one of lax, strict, none"),
+            );
+            SameSite::Lax
+        }
+    };
+    if same_site == SameSite::None && !raw.secure {
+        c.fail(
+            "cookie.same_site",
+            "none requires cookie.secure: true (browsers reject SameSite=None without Secure)",
+        );
+    }
+    if !raw.path.starts_with('/') || raw.path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        c.fail("cookie.path", format!("{:?} must start with / and hold no ';'", raw.path));
+    }
+    let domain = raw.domain.as_deref().map(str::trim).filter(|d| !d.is_empty());
+    if let Some(d) = domain
+        && d.bytes().any(|b| b == b';' || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        c.fail("cookie.domain", format!("{d:?} is not a valid domain"));
+    }
+    if name.starts_with("__Host-") && !(raw.secure && raw.path == "/" && domain.is_none()) {
+        c.fail(
+            "cookie.name",
+            "a __Host- cookie requires secure: true, path: / and no domain",
+        );
+    }
+    if name.starts_with("__Secure-") && !raw.secure {
+        c.fail("cookie.name", "a __Secure- cookie requires secure: true");
+    }
+    CookieConfig {
+        name,
+        path: raw.path.clone(),
+        domain: domain.map(str::to_string),
+        secure: raw.secure,
+        http_only: raw.http_only,
+        same_site,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nsigning:\n  secret: {SECRET}\n{extra}"
+        )
+    }
+
+    fn paths(err: ConfigError) -> Vec<String> {
+        err.problems().iter().map(|p| p.path.clone()).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::from_yaml(&minimal(""), &env(&[])).unwrap();
+        assert_eq!(c.cookie.name, "sessionid");
+        assert_eq!(c.cookie.path, "/");
+        assert!(c.cookie.secure && c.cookie.http_only);
+        assert_eq!(c.cookie.same_site, SameSite::Lax);
+        assert_eq!(c.session.max_age, 1_209_600);
+        assert_eq!(c.session.max_bytes, 8192);
+        assert!(matches!(c.store, StoreConfig::Memory { max_sessions: 1_000_000 }));
+        assert_eq!(c.signing.token_ttl, 60);
+        assert_eq!(c.header_prefix, "x-session");
+        assert_eq!(c.upstream.authority().unwrap().as_str(), "127.0.0.1:9");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_path() {
+        let err = Config::from_yaml(&minimal("cookie:\n  nmae: x\n"), &env(&[])).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.path, "cookie.nmae");
+        assert!(p.message.contains("nmae"), "{p}");
+    }
+
+    #[test]
+    fn env_vars_expand_with_defaults_and_fill_numbers() {
+        let yaml = "listen: ${ADDR}\nupstream: http://${HOST:-127.0.0.1}:9\nsigning:\n  secret: ${S}\nsession:\n  max_age: ${AGE}\n";
+        let c = Config::from_yaml(
+            yaml,
+            &env(&[("ADDR", "127.0.0.1:7"), ("S", SECRET), ("AGE", "30")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7);
+        assert_eq!(c.upstream.host(), Some("127.0.0.1"));
+        assert_eq!(c.signing.secret.expose(), SECRET.as_bytes());
+        assert_eq!(c.session.max_age, 30);
+    }
+
+    #[test]
+    fn unset_env_var_names_the_field_and_the_variable() {
+        let err = Config::from_yaml(&minimal("").replace(SECRET, "${NOPE}"), &env(&[])).unwrap_err();
+        assert_eq!(paths(err.clone_problems()), vec!["signing.secret"]);
+        assert!(err.problems()[0].message.contains("NOPE"));
+    }
+
+    #[test]
+    fn dollar_dollar_is_a_literal_dollar() {
+        assert_eq!(expand_str("a$$b$c", &env(&[])).unwrap(), "a$b$c");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let yaml = "listen: nowhere\nupstream: ftp://x\ncookie:\n  same_site: none\n  secure: false\nsession:\n  max_age: 0\nsigning:\n  secret: short\n";
+        let err = Config::from_yaml(yaml, &env(&[])).unwrap_err();
+        let p = paths(err);
+        for want in ["listen", "upstream", "cookie.same_site", "session.max_age", "signing.secret"] {
+            assert!(p.contains(&want.to_string()), "{want} missing from {p:?}");
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let err = Config::from_yaml("", &env(&[])).unwrap_err();
+        assert_eq!(paths(err), vec!["listen", "upstream", "signing.secret"]);
+    }
+
+    #[test]
+    fn placeholder_secret_is_refused() {
+        let err = Config::from_yaml(&minimal("").replace(SECRET, EXAMPLE_SECRET_PLACEHOLDER), &env(&[]))
+            .unwrap_err();
+        assert!(err.problems()[0].message.contains("placeholder"));
+    }
+
+    #[test]
+    fn host_prefix_rules() {
+        let ok = minimal("cookie:\n  name: __Host-sid\n");
+        assert!(Config::from_yaml(&ok, &env(&[])).is_ok());
+        for bad in [
+            "cookie:\n  name: __Host-sid\n  secure: false\n",
+            "cookie:\n  name: __Host-sid\n  path: /app\n",
+            "cookie:\n  name: __Host-sid\n  domain: example.com\n",
+        ] {
+            let err = Config::from_yaml(&minimal(bad), &env(&[])).unwrap_err();
+            assert_eq!(paths(err), vec!["cookie.name"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn negative_max_age_and_bad_urls_are_refused() {
+        for (extra, field) in [
+            ("session:\n  max_age: -5\n", "session.max_age"),
+            ("timeouts:\n  upstream_response: 0\n", "timeouts.upstream_response"),
+            ("headers:\n  prefix: cookie\n", "headers.prefix"),
+            ("store:\n  kind: mongo\n", "store.kind"),
+        ] {
+            let err = Config::from_yaml(&minimal(extra), &env(&[])).unwrap_err();
+            assert_eq!(paths(err), vec![field], "{extra}");
+        }
+        for url in ["http://x/app", "127.0.0.1:80", "http://"] {
+            let yaml = minimal("").replace("http://127.0.0.1:9", url);
+            let err = Config::from_yaml(&yaml, &env(&[])).unwrap_err();
+            assert_eq!(paths(err), vec!["upstream"], "{url}");
+        }
+    }
+
+    #[test]
+    fn type_errors_carry_the_field_path() {
+        let err = Config::from_yaml(&minimal("session:\n  max_bytes: lots\n"), &env(&[])).unwrap_err();
+        assert_eq!(paths(err), vec!["session.max_bytes"]);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new(SECRET);
+        assert!(!format!("{s:?}").contains("0123"));
+    }
+
+    impl ConfigError {
+        fn clone_problems(&self) -> ConfigError {
+            ConfigError::Invalid(self.problems().to_vec())
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! sessionward: a reverse proxy that gives any web app Django-style sessions.
+//!
+//! The pipeline lives in [`proxy`]; stores implement [`session::SessionStore`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod cookies;
+pub mod demo;
+pub mod error;
+pub mod protocol;
+pub mod proxy;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod token;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use clock::Clock;
+use config::{Config, StoreConfig};
+use session::SessionStore;
+use session::memory::MemoryStore;
+
+/// The store a configuration selects.
+pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Arc<dyn SessionStore> {
+    match config.store {
+        StoreConfig::Memory { max_sessions } => Arc::new(MemoryStore::new(max_sessions, clock)),
+    }
+}
+
+/// Starts a proxy for `config`: binds, builds the store and serves. The
+/// returned server knows its bound address (port 0 resolves here).
+pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<server::Server, StartError> {
+    let store = build_store(config, clock.clone());
+    let proxy = proxy::Proxy::new(config, store, clock)?;
+    server::Server::start(config.listen, Arc::new(proxy), config.shutdown_grace)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The proxy could not be built.
+    #[error(transparent)]
+    Proxy(#[from] error::ProxyError),
+}

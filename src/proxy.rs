@@ -1,0 +1,493 @@
+//! The request pipeline, top to bottom: strip inbound headers, resolve the
+//! session, build and sign the upstream request, forward, take the update
+//! headers, apply them, set the cookie.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, error, warn};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::cookies::{self, CookieWriter};
+use crate::error::ProxyError;
+use crate::protocol::{self, HeaderNames};
+use crate::session::{self, Action, Changes, KeyHash, Next, Policy, Record, SessionKey, SessionStore, Updated};
+use crate::token::{Claims, Signer};
+use crate::upstream::Upstream;
+
+/// Body of every response sessionward sends: the upstream's, streamed, or its own.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Where a downstream connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's socket address.
+    pub addr: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+}
+
+/// The session a request arrived with.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The client sent a session cookie, valid or not.
+    pub cookie_sent: bool,
+    /// The stored session it names, if it is live.
+    pub live: Option<Live>,
+}
+
+/// A live session found in the store.
+#[derive(Debug)]
+pub struct Live {
+    /// The key from the cookie.
+    pub key: SessionKey,
+    /// Its hash, the store's index.
+    pub id: KeyHash,
+    /// The record as read at the start of the request.
+    pub record: Arc<Record>,
+}
+
+/// What the response must do with the session cookie.
+#[derive(Debug, PartialEq)]
+pub enum CookieChange {
+    /// Leave the client's cookie alone.
+    Keep,
+    /// Set (or refresh) the cookie to this key for this record.
+    Set(SessionKey, Arc<Record>),
+    /// Expire the cookie.
+    Delete,
+}
+
+/// The proxy: configuration, store, signer and upstream client.
+#[derive(Debug)]
+pub struct Proxy {
+    names: HeaderNames,
+    cookies: CookieWriter,
+    policy: Policy,
+    save_every_request: bool,
+    signer: Signer,
+    store: Arc<dyn SessionStore>,
+    upstream: Upstream,
+    clock: Arc<dyn Clock>,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+impl Proxy {
+    /// A proxy for a validated configuration.
+    pub fn new(config: &Config, store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Result<Self, ProxyError> {
+        let names = HeaderNames::new(&config.header_prefix)
+            .map_err(|e| ProxyError::Internal(format!("header prefix: {e}")))?;
+        Ok(Self {
+            names,
+            cookies: CookieWriter::new(config.cookie.clone()),
+            policy: Policy {
+                max_age: config.session.max_age,
+                expire_at_browser_close: config.session.expire_at_browser_close,
+                max_bytes: config.session.max_bytes,
+            },
+            save_every_request: config.session.save_every_request,
+            signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
+            store,
+            upstream: Upstream::new(&config.upstream, config.timeouts),
+            clock,
+        })
+    }
+
+    /// The store this proxy writes to.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Handles one downstream request; failures become short error responses.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        match self.pipeline(req, peer).await {
+            Ok(resp) => {
+                debug!(%method, path, status = resp.status().as_u16(), "proxied");
+                resp
+            }
+            Err(err) => {
+                match &err {
+                    ProxyError::Store(_) | ProxyError::Internal(_) => error!(%method, path, error = %err, "request failed"),
+                    _ => warn!(%method, path, error = %err, "request failed"),
+                }
+                let mut resp = err.to_response().map(Either::Right);
+                add_vary_cookie(resp.headers_mut());
+                resp
+            }
+        }
+    }
+
+    async fn pipeline(&self, mut req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, ProxyError> {
+        let upgrade = strip_inbound_headers(req.headers_mut(), &self.names);
+        let cookie = cookies::take_session_cookie(req.headers_mut(), self.cookies.name());
+        let session = self.resolve_session(cookie.as_deref()).await?;
+        self.build_upstream_request(&mut req, &session, peer)?;
+        let downstream_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
+
+        let mut resp = self.upstream.send(req).await?;
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
+        strip_hop_by_hop(resp.headers_mut(), switching);
+        let status = resp.status();
+        let changes = take_update_headers(resp.headers_mut(), &self.names, status)?;
+        let change = self.apply_changes(&session, &changes, status).await?;
+        self.set_cookie(resp.headers_mut(), change);
+
+        if let (true, Some(downstream)) = (switching, downstream_upgrade) {
+            tunnel(downstream, hyper::upgrade::on(&mut resp));
+        }
+        Ok(resp.map(Either::Left))
+    }
+
+    /// Looks the cookie up. Malformed, unknown and expired cookies are no
+    /// session; a store failure is an error, never "no session".
+    pub async fn resolve_session(&self, cookie: Option<&str>) -> Result<Resolved, ProxyError> {
+        let Some(value) = cookie else {
+            return Ok(Resolved {
+                cookie_sent: false,
+                live: None,
+            });
+        };
+        let Some(key) = SessionKey::parse(value) else {
+            debug!("malformed session cookie ignored");
+            return Ok(Resolved {
+                cookie_sent: true,
+                live: None,
+            });
+        };
+        let id = key.hash();
+        let live = self.store.load(&id).await?.map(|record| Live { key, id, record });
+        if live.is_none() {
+            debug!(session = %id, "unknown or expired session cookie ignored");
+        }
+        Ok(Resolved {
+            cookie_sent: true,
+            live,
+        })
+    }
+
+    /// Points the request at the upstream and adds the forwarding headers and the signed token.
+    pub fn build_upstream_request<B>(&self, req: &mut Request<B>, session: &Resolved, peer: Peer) -> Result<(), ProxyError> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let token = self.sign_token(req, session);
+        *req.uri_mut() = self.upstream.uri_for(req.uri().path_and_query())?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let h = req.headers_mut();
+        if let Some(host) = host {
+            h.insert(X_FORWARDED_HOST, host.clone());
+            h.insert(header::HOST, host);
+        }
+        // No trusted proxies yet: whatever the client claimed is replaced.
+        h.remove(X_FORWARDED_FOR);
+        if let Ok(ip) = HeaderValue::from_str(&peer.addr.ip().to_string()) {
+            h.insert(X_FORWARDED_FOR, ip);
+        }
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
+        );
+        let token = HeaderValue::try_from(token).map_err(|e| ProxyError::Internal(format!("token header: {e}")))?;
+        h.insert(self.names.token.clone(), token);
+        Ok(())
+    }
+
+    fn sign_token<B>(&self, req: &Request<B>, session: &Resolved) -> String {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let sid;
+        let claims = match &session.live {
+            Some(live) => {
+                sid = self.signer.sid(&live.key);
+                Claims {
+                    iat: self.clock.now(),
+                    sid: Some(&sid),
+                    new: false,
+                    data: &live.record.data,
+                    expires: Some(live.record.expires_at),
+                    method: req.method().as_str(),
+                    path,
+                }
+            }
+            None => Claims {
+                iat: self.clock.now(),
+                sid: None,
+                new: true,
+                data: session::EMPTY_DATA,
+                expires: None,
+                method: req.method().as_str(),
+                path,
+            },
+        };
+        self.signer.sign(&claims)
+    }
+
+    /// Persists what the upstream asked for, atomically against the session as
+    /// it is in the store now. 5xx responses change nothing.
+    pub async fn apply_changes(&self, session: &Resolved, changes: &Changes, status: StatusCode) -> Result<CookieChange, ProxyError> {
+        if status.is_server_error() {
+            return Ok(CookieChange::Keep);
+        }
+        let now = self.clock.now();
+        let Some(live) = &session.live else {
+            if changes.is_empty() {
+                return Ok(CookieChange::Keep);
+            }
+            return match session::apply(None, changes, &self.policy, now)? {
+                Next::Save { record, .. } => {
+                    let key = new_key()?;
+                    let record = self.store.create(&key.hash(), record).await?;
+                    debug!(session = %key.hash(), "session created");
+                    Ok(CookieChange::Set(key, record))
+                }
+                // A stale cookie and an upstream that empties the session: clear the cookie.
+                Next::Nothing | Next::Delete if session.cookie_sent && (changes.action == Some(Action::Flush) || !changes.patches.is_empty()) => {
+                    Ok(CookieChange::Delete)
+                }
+                Next::Nothing | Next::Delete => Ok(CookieChange::Keep),
+            };
+        };
+        if changes.is_empty() && !self.save_every_request {
+            return Ok(CookieChange::Keep);
+        }
+        // Only an action can move the session to a new key; skip the RNG otherwise.
+        let new_key = match changes.action {
+            Some(_) => Some(new_key()?),
+            None => None,
+        };
+        let new_id = new_key.as_ref().map_or(live.id, SessionKey::hash);
+        let policy = self.policy;
+        let edit = move |current: &Record| session::apply(Some(current), changes, &policy, now);
+        match self.store.update(&live.id, &new_id, &edit).await? {
+            Updated::Saved(record) => Ok(CookieChange::Set(live.key.clone(), record)),
+            Updated::Moved(record) => {
+                debug!(old = %live.id, new = %new_id, "session key rotated");
+                let key = new_key.ok_or_else(|| ProxyError::Internal("store moved a session without a new key".into()))?;
+                Ok(CookieChange::Set(key, record))
+            }
+            Updated::Deleted => {
+                debug!(session = %live.id, "session deleted");
+                Ok(CookieChange::Delete)
+            }
+            Updated::Gone => Err(ProxyError::SessionInterrupted),
+        }
+    }
+
+    /// Writes the session cookie, `Vary: Cookie` and `Cache-Control: private`;
+    /// the upstream's own `Set-Cookie` for our name is dropped.
+    pub fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange) {
+        let dropped = cookies::drop_upstream_session_cookies(headers, self.cookies.name());
+        if dropped > 0 {
+            warn!(cookie = self.cookies.name(), dropped, "upstream tried to set the session cookie; dropped");
+        }
+        add_vary_cookie(headers);
+        let value = match change {
+            CookieChange::Keep => return,
+            CookieChange::Set(key, record) => self.cookies.set(&key, &record, &self.policy, self.clock.now()),
+            CookieChange::Delete => self.cookies.delete(),
+        };
+        headers.append(header::SET_COOKIE, value);
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+}
+
+fn new_key() -> Result<SessionKey, ProxyError> {
+    SessionKey::generate().ok_or_else(|| ProxyError::Internal("the OS random generator failed".into()))
+}
+
+/// Removes the client's protocol headers and the hop-by-hop headers. Returns
+/// the `Upgrade` protocol when the client asks for one (its headers are kept).
+pub fn strip_inbound_headers(headers: &mut HeaderMap, names: &HeaderNames) -> Option<HeaderValue> {
+    let upgrade = wants_upgrade(headers);
+    strip_hop_by_hop(headers, upgrade.is_some());
+    protocol::strip_prefixed(headers, names);
+    upgrade
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`; with
+/// `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay for the tunnel.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Takes the update headers off an upstream response. A 5xx response's are
+/// stripped unread: nothing from it is applied.
+pub fn take_update_headers(headers: &mut HeaderMap, names: &HeaderNames, status: StatusCode) -> Result<Changes, ProxyError> {
+    if status.is_server_error() {
+        protocol::strip_prefixed(headers, names);
+        return Ok(Changes::default());
+    }
+    Ok(protocol::take_changes(headers, names)?)
+}
+
+/// Adds `Cookie` to `Vary`, merged with what is there.
+pub fn add_vary_cookie(headers: &mut HeaderMap) {
+    let existing: Vec<&str> = headers.get_all(header::VARY).iter().filter_map(|v| v.to_str().ok()).collect();
+    if existing.is_empty() {
+        headers.insert(header::VARY, HeaderValue::from_static("Cookie"));
+        return;
+    }
+    let covered = existing
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("cookie"));
+    if !covered {
+        let merged = format!("{}, Cookie", existing.join(", "));
+        if let Ok(v) = HeaderValue::from_str(&merged) {
+            headers.insert(header::VARY, v);
+        }
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections.
+fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(downstream, upstream) {
+            Ok((d, u)) => {
+                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                    debug!(error = %e, "upgraded connection closed with an error");
+                }
+            }
+            Err(e) => warn!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> HeaderNames {
+        HeaderNames::new("x-session").unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn inbound_strip_removes_forgeries_and_hop_by_hop() {
+        let mut h = headers(&[
+            ("x-session", "forged.token.here"),
+            ("X-Session-Update", "{}"),
+            ("connection", "keep-alive, x-custom"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(strip_inbound_headers(&mut h, &names()), None);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn connection_naming_the_token_header_cannot_keep_a_forgery() {
+        let mut h = headers(&[("connection", "x-session"), ("x-session", "forged")]);
+        strip_inbound_headers(&mut h, &names());
+        assert!(h.get("x-session").is_none());
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade_headers() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert_eq!(strip_inbound_headers(&mut h, &names()).unwrap(), "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn upgrade_header_without_connection_upgrade_is_dropped() {
+        let mut h = headers(&[("upgrade", "websocket")]);
+        assert_eq!(strip_inbound_headers(&mut h, &names()), None);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn vary_is_added_and_merged_once() {
+        let mut h = HeaderMap::new();
+        add_vary_cookie(&mut h);
+        assert_eq!(h["vary"], "Cookie");
+        let mut h = headers(&[("vary", "Accept-Encoding")]);
+        add_vary_cookie(&mut h);
+        assert_eq!(h["vary"], "Accept-Encoding, Cookie");
+        let mut h = headers(&[("vary", "accept, cookie")]);
+        add_vary_cookie(&mut h);
+        assert_eq!(h.get_all("vary").iter().count(), 1);
+        assert_eq!(h["vary"], "accept, cookie");
+    }
+
+    #[test]
+    fn server_error_updates_are_stripped_unread() {
+        let mut h = headers(&[("x-session-update", "not json"), ("x-session-action", "flush")]);
+        let c = take_update_headers(&mut h, &names(), StatusCode::INTERNAL_SERVER_ERROR).unwrap();
+        assert!(c.is_empty() && h.is_empty());
+        let mut h = headers(&[("x-session-update", "not json")]);
+        let err = take_update_headers(&mut h, &names(), StatusCode::OK).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,115 @@
+//! Session keys (what the client's cookie holds) and their hashes (what stores index by).
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Bytes of randomness in a session key.
+pub const KEY_BYTES: usize = 32;
+/// Length of a key in its cookie form (base64url, no padding).
+pub const ENCODED_LEN: usize = 43;
+
+/// A session key: 32 bytes from the OS CSPRNG. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey([u8; KEY_BYTES]);
+
+impl SessionKey {
+    /// A fresh random key; `None` only if the OS random generator fails.
+    pub fn generate() -> Option<SessionKey> {
+        let mut bytes = [0u8; KEY_BYTES];
+        SystemRandom::new().fill(&mut bytes).ok()?;
+        Some(SessionKey(bytes))
+    }
+
+    /// Parses a cookie value; anything but 43 base64url characters is `None`.
+    pub fn parse(cookie_value: &str) -> Option<SessionKey> {
+        if cookie_value.len() != ENCODED_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; KEY_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(cookie_value, &mut bytes) {
+            Ok(KEY_BYTES) => Some(SessionKey(bytes)),
+            _ => None,
+        }
+    }
+
+    /// The cookie form: base64url without padding.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The SHA-256 of the key bytes: the only form a store ever sees.
+    pub fn hash(&self) -> KeyHash {
+        let d = digest::digest(&digest::SHA256, &self.0);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        KeyHash(out)
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({:?})", self.hash())
+    }
+}
+
+/// SHA-256 of a session key. `Debug` shows a short prefix, safe for logs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_and_differ() {
+        let a = SessionKey::generate().unwrap();
+        let b = SessionKey::generate().unwrap();
+        assert_ne!(a, b);
+        let text = a.encode();
+        assert_eq!(text.len(), ENCODED_LEN);
+        assert_eq!(SessionKey::parse(&text), Some(a.clone()));
+        assert_eq!(SessionKey::parse(&text).unwrap().hash(), a.hash());
+    }
+
+    #[test]
+    fn malformed_values_are_not_keys() {
+        let good = SessionKey::generate().unwrap().encode();
+        for bad in ["", "abc", &good[1..], &format!("{good}A"), &good.replace(&good[..1], "+"), &"=".repeat(43)] {
+            assert!(SessionKey::parse(bad).is_none(), "{bad:?}");
+        }
+        // 43 chars whose last one carries non-zero padding bits is not canonical.
+        let mut noncanon = good[..42].to_string();
+        noncanon.push('B');
+        if URL_SAFE_NO_PAD.decode(&noncanon).is_err() {
+            assert!(SessionKey::parse(&noncanon).is_none());
+        }
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_key() {
+        let k = SessionKey::generate().unwrap();
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&k.encode()[..8]), "{dbg}");
+        assert_eq!(format!("{}", k.hash()).len(), 9);
+    }
+}

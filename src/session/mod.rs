@@ -1,0 +1,423 @@
+//! Sessions: the key a client holds, the record a store keeps, the pure rules
+//! that turn an upstream's requested changes into the next record, and the
+//! [`SessionStore`] trait every store implements.
+
+mod key;
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+pub use key::{KeyHash, SessionKey};
+
+/// Serialized session data: always a JSON object, kept as text so it can be
+/// embedded in a token without serializing it again.
+pub type Data = Box<str>;
+
+/// The data of a session with nothing in it.
+pub const EMPTY_DATA: &str = "{}";
+
+/// How a session's lifetime is computed, Django's `set_expiry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The configured default: `max_age`, with a browser-session cookie when
+    /// `expire_at_browser_close` is set.
+    Default,
+    /// Browser-session cookie; the server still drops the session after `max_age`.
+    BrowserClose,
+    /// Expires after this many seconds without a write.
+    Idle(u64),
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// JSON object text.
+    pub data: Data,
+    /// Unix seconds of creation (reset by flush).
+    pub created_at: i64,
+    /// Unix seconds after which the session is dead.
+    pub expires_at: i64,
+    /// How `expires_at` is computed on the next write.
+    pub expiry: Expiry,
+}
+
+impl Record {
+    /// Whether the session is dead at `now`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// The session rules from the configuration that the pure functions need.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Default lifetime in seconds.
+    pub max_age: u64,
+    /// Default expiry is browser-close.
+    pub expire_at_browser_close: bool,
+    /// Largest serialized data accepted.
+    pub max_bytes: usize,
+}
+
+impl Policy {
+    /// Seconds the server keeps a session under `expiry` after a write.
+    pub fn lifetime(&self, expiry: Expiry) -> u64 {
+        match expiry {
+            Expiry::Idle(secs) => secs,
+            Expiry::Default | Expiry::BrowserClose => self.max_age,
+        }
+    }
+
+    /// Whether the cookie should be a browser-session cookie (no Max-Age).
+    pub fn is_browser_session(&self, expiry: Expiry) -> bool {
+        match expiry {
+            Expiry::BrowserClose => true,
+            Expiry::Default => self.expire_at_browser_close,
+            Expiry::Idle(_) => false,
+        }
+    }
+}
+
+/// What the upstream asked for with `P-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Delete the session; a later update starts a fresh one under a new key.
+    Flush,
+    /// New key, same data; the old key dies at once.
+    Cycle,
+}
+
+/// Everything the upstream asked for in one response, in application order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// `P-action`.
+    pub action: Option<Action>,
+    /// `P-expiry`.
+    pub expiry: Option<Expiry>,
+    /// `P-update` merge patches, each a JSON object.
+    pub patches: Vec<Value>,
+}
+
+impl Changes {
+    /// True when the upstream asked for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.action.is_none() && self.expiry.is_none() && self.patches.is_empty()
+    }
+}
+
+/// What [`apply`] decided the store must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to store (no session and nothing but empty data).
+    Nothing,
+    /// Write this record, under a fresh key when `rekey` is set.
+    Save {
+        /// The new record.
+        record: Record,
+        /// Whether the session must move to a new key.
+        rekey: bool,
+    },
+    /// The session ended up empty: delete it.
+    Delete,
+}
+
+/// Why changes could not be applied; nothing is stored when this happens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The resulting data exceeds `session.max_bytes`.
+    #[error("session data would be {size} bytes, over the limit of {max} (session.max_bytes)")]
+    TooLarge {
+        /// Serialized size.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// Stored data is not a JSON object (a corrupt store entry).
+    #[error("stored session data is not a JSON object: {0}")]
+    Corrupt(String),
+}
+
+/// Applies `changes` to the current record (`None` for no session) at `now`:
+/// action first, then expiry, then the merge patches in order.
+pub fn apply(
+    current: Option<&Record>,
+    changes: &Changes,
+    policy: &Policy,
+    now: i64,
+) -> Result<Next, ApplyError> {
+    // `None` means "the current data, untouched": no need to parse it.
+    let mut data: Option<Map<String, Value>> = None;
+    let mut expiry = current.map_or(Expiry::Default, |r| r.expiry);
+    let mut created_at = current.map_or(now, |r| r.created_at);
+    let mut rekey = false;
+
+    match changes.action {
+        Some(Action::Flush) => {
+            data = Some(Map::new());
+            expiry = Expiry::Default;
+            created_at = now;
+            rekey = true;
+        }
+        Some(Action::Cycle) => rekey = true,
+        None => {}
+    }
+    if let Some(e) = changes.expiry {
+        expiry = e;
+    }
+    if !changes.patches.is_empty() {
+        let base = match (data.take(), current) {
+            (Some(map), _) => map,
+            (None, Some(r)) => parse_data(&r.data)?,
+            (None, None) => Map::new(),
+        };
+        let mut doc = Value::Object(base);
+        for patch in &changes.patches {
+            json_patch::merge(&mut doc, patch);
+        }
+        data = match doc {
+            Value::Object(map) => Some(map),
+            // Unreachable with object patches, which the protocol parser guarantees.
+            other => return Err(ApplyError::Corrupt(format!("merge produced {}", kind_of(&other)))),
+        };
+    }
+    let text = data.map(|map| Value::Object(map).to_string());
+
+    let text: Data = match (text, current) {
+        (Some(t), _) => t.into_boxed_str(),
+        (None, Some(r)) => r.data.clone(),
+        (None, None) => EMPTY_DATA.into(),
+    };
+    if text.as_ref() == EMPTY_DATA {
+        return Ok(if current.is_some() {
+            Next::Delete
+        } else {
+            Next::Nothing
+        });
+    }
+    if text.len() > policy.max_bytes {
+        return Err(ApplyError::TooLarge {
+            size: text.len(),
+            max: policy.max_bytes,
+        });
+    }
+    let lifetime = i64::try_from(policy.lifetime(expiry)).unwrap_or(i64::MAX);
+    Ok(Next::Save {
+        record: Record {
+            data: text,
+            created_at,
+            expires_at: now.saturating_add(lifetime),
+            expiry,
+        },
+        rekey: rekey && current.is_some(),
+    })
+}
+
+fn parse_data(text: &str) -> Result<Map<String, Value>, ApplyError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApplyError::Corrupt(format!("found {}", kind_of(&other)))),
+        Err(e) => Err(ApplyError::Corrupt(e.to_string())),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A store failure: the store could not answer. Never read as "no session".
+#[derive(Debug, thiserror::Error)]
+#[error("session store {op} failed: {message}")]
+pub struct StoreError {
+    /// The operation that failed.
+    pub op: &'static str,
+    /// What the store said.
+    pub message: String,
+}
+
+/// The result of [`SessionStore::update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    /// The record was written under the same key.
+    Saved(Arc<Record>),
+    /// The record was moved to the new key; the old one is gone.
+    Moved(Arc<Record>),
+    /// The session was deleted.
+    Deleted,
+    /// The session was not there (expired or deleted concurrently): nothing written.
+    Gone,
+}
+
+/// The edit an [`SessionStore::update`] runs against the record as it is at write time.
+pub type Edit<'a> = dyn Fn(&Record) -> Result<Next, ApplyError> + Send + Sync + 'a;
+
+/// Failure of an update: either the store failed or the edit refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The changes could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// A place sessions live. Every store keeps the same promises: lookups by
+/// [`KeyHash`] only, expiry honoured to the second, and `update` atomic
+/// against concurrent updates of the same session.
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// The live session under `id`, or `None` when unknown or expired.
+    async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError>;
+
+    /// Stores a new session under a fresh `id`.
+    async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError>;
+
+    /// Atomically runs `edit` on the current live record under `id` and stores
+    /// its result: in place, moved to `new_id` (the old key dies in the same
+    /// step), or deleted. Returns [`Updated::Gone`] when there is no live record.
+    async fn update(&self, id: &KeyHash, new_id: &KeyHash, edit: &Edit<'_>) -> Result<Updated, UpdateError>;
+
+    /// Deletes the session under `id`; true if there was one.
+    async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError>;
+
+    /// Number of live sessions (approximate for caching stores).
+    async fn len(&self) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POLICY: Policy = Policy {
+        max_age: 100,
+        expire_at_browser_close: false,
+        max_bytes: 64,
+    };
+
+    fn record(data: &str) -> Record {
+        Record {
+            data: data.into(),
+            created_at: 10,
+            expires_at: 110,
+            expiry: Expiry::Default,
+        }
+    }
+
+    fn changes(action: Option<Action>, expiry: Option<Expiry>, patches: &[Value]) -> Changes {
+        Changes {
+            action,
+            expiry,
+            patches: patches.to_vec(),
+        }
+    }
+
+    fn saved(next: Next) -> (Record, bool) {
+        match next {
+            Next::Save { record, rekey } => (record, rekey),
+            other => panic!("expected Save, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_session_and_no_data_stores_nothing() {
+        let next = apply(None, &changes(Some(Action::Cycle), Some(Expiry::Idle(5)), &[]), &POLICY, 50);
+        assert_eq!(next.unwrap(), Next::Nothing);
+        let next = apply(None, &changes(None, None, &[json!({"a": null})]), &POLICY, 50);
+        assert_eq!(next.unwrap(), Next::Nothing);
+    }
+
+    #[test]
+    fn first_update_creates_with_default_lifetime() {
+        let (r, rekey) = saved(apply(None, &changes(None, None, &[json!({"a": 1})]), &POLICY, 50).unwrap());
+        assert_eq!(&*r.data, r#"{"a":1}"#);
+        assert_eq!((r.created_at, r.expires_at, rekey), (50, 150, false));
+    }
+
+    #[test]
+    fn merge_patch_deletes_and_merges_nested() {
+        let cur = record(r#"{"a":1,"b":{"x":1,"y":2}}"#);
+        let patch = json!({"a": null, "b": {"y": null, "z": 3}});
+        let (r, _) = saved(apply(Some(&cur), &changes(None, None, &[patch]), &POLICY, 50).unwrap());
+        assert_eq!(&*r.data, r#"{"b":{"x":1,"z":3}}"#);
+    }
+
+    #[test]
+    fn patches_apply_in_order() {
+        let p = [json!({"n": 1}), json!({"n": 2})];
+        let (r, _) = saved(apply(None, &changes(None, None, &p), &POLICY, 0).unwrap());
+        assert_eq!(&*r.data, r#"{"n":2}"#);
+    }
+
+    #[test]
+    fn emptied_session_is_deleted() {
+        let cur = record(r#"{"a":1}"#);
+        let next = apply(Some(&cur), &changes(None, None, &[json!({"a": null})]), &POLICY, 50);
+        assert_eq!(next.unwrap(), Next::Delete);
+    }
+
+    #[test]
+    fn flush_then_update_is_a_fresh_session_under_a_new_key() {
+        let mut cur = record(r#"{"user":"ann"}"#);
+        cur.expiry = Expiry::Idle(7);
+        let c = changes(Some(Action::Flush), None, &[json!({"flash": "bye"})]);
+        let (r, rekey) = saved(apply(Some(&cur), &c, &POLICY, 50).unwrap());
+        assert_eq!(&*r.data, r#"{"flash":"bye"}"#);
+        assert_eq!((r.expiry, r.created_at, rekey), (Expiry::Default, 50, true));
+        assert_eq!(apply(Some(&cur), &changes(Some(Action::Flush), None, &[]), &POLICY, 50).unwrap(), Next::Delete);
+    }
+
+    #[test]
+    fn cycle_keeps_data_and_rekeys() {
+        let cur = record(r#"{"a":1}"#);
+        let c = changes(Some(Action::Cycle), None, &[json!({"user_id": 7})]);
+        let (r, rekey) = saved(apply(Some(&cur), &c, &POLICY, 50).unwrap());
+        assert_eq!(&*r.data, r#"{"a":1,"user_id":7}"#);
+        assert!(rekey);
+        assert_eq!(r.created_at, 10);
+    }
+
+    #[test]
+    fn expiry_sets_lifetime_and_touch_refreshes() {
+        let cur = record(r#"{"a":1}"#);
+        let (r, _) = saved(apply(Some(&cur), &changes(None, Some(Expiry::Idle(30)), &[]), &POLICY, 50).unwrap());
+        assert_eq!((r.expires_at, r.expiry), (80, Expiry::Idle(30)));
+        let (r, _) = saved(apply(Some(&cur), &changes(None, Some(Expiry::BrowserClose), &[]), &POLICY, 50).unwrap());
+        assert_eq!(r.expires_at, 150, "browser-close sessions still die after max_age");
+        let (r, _) = saved(apply(Some(&cur), &Changes::default(), &POLICY, 60).unwrap());
+        assert_eq!((r.expires_at, &*r.data), (160, r#"{"a":1}"#));
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let big = json!({"x": "y".repeat(100)});
+        let err = apply(None, &changes(None, None, &[big]), &POLICY, 0).unwrap_err();
+        assert!(matches!(err, ApplyError::TooLarge { max: 64, .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_stored_data_is_an_error_not_a_reset() {
+        let cur = record("[1]");
+        let err = apply(Some(&cur), &changes(None, None, &[json!({"a": 1})]), &POLICY, 0).unwrap_err();
+        assert!(matches!(err, ApplyError::Corrupt(_)));
+    }
+
+    #[test]
+    fn browser_session_cookie_rules() {
+        let p = Policy { expire_at_browser_close: true, ..POLICY };
+        assert!(p.is_browser_session(Expiry::Default));
+        assert!(!p.is_browser_session(Expiry::Idle(5)));
+        assert!(POLICY.is_browser_session(Expiry::BrowserClose));
+        assert!(!POLICY.is_browser_session(Expiry::Default));
+    }
+}
