@@ -23,7 +23,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 // ---------------------------------------------------------------------------
 
 /// The configuration file as written, before validation.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Where clients connect (required).
@@ -51,6 +51,23 @@ pub struct RawConfig {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "defaults::shutdown_grace", deserialize_with = "lenient")]
     pub shutdown_grace: f64,
+}
+
+impl Default for RawConfig {
+    /// The documented defaults; `listen`, `upstream` and `signing.secret` unset.
+    fn default() -> Self {
+        Self {
+            listen: None,
+            upstream: None,
+            cookie: RawCookie::default(),
+            session: RawSession::default(),
+            store: RawStore::default(),
+            signing: RawSigning::default(),
+            headers: RawHeaders::default(),
+            timeouts: RawTimeouts::default(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
 }
 
 /// `cookie:` section.
@@ -815,6 +832,12 @@ mod tests {
         assert_eq!(c.header_prefix, "x-session");
         assert_eq!(c.upstream.authority().unwrap().as_str(), "127.0.0.1:9");
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn raw_default_equals_an_empty_document() {
+        let from_yaml = RawConfig::from_yaml("{}", &env(&[])).unwrap();
+        assert_eq!(format!("{:?}", RawConfig::default()), format!("{from_yaml:?}"));
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! The `sessionward` binary: `check`, `run` and signals, as an operator uses them.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sessionward::config::{Config, EXAMPLE_SECRET_PLACEHOLDER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessionward");
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml")).unwrap()
+}
+
+#[test]
+fn example_config_documents_the_defaults_and_loads() {
+    let secret = "s".repeat(40);
+    let config = Config::from_yaml(&example(), &|name| (name == "SESSIONWARD_SECRET").then(|| secret.clone())).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.cookie.name, "sessionid");
+    assert_eq!(config.session.max_age, 1_209_600);
+    assert_eq!(config.signing.secret.expose(), secret.as_bytes());
+
+    // Without the variable the placeholder is used, and refused.
+    let err = Config::from_yaml(&example(), &|_| None).unwrap_err();
+    assert_eq!(err.problems()[0].path, "signing.secret");
+    assert!(example().contains(EXAMPLE_SECRET_PLACEHOLDER));
+}
+
+fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sessionward-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn check_lists_every_problem_with_its_path_and_exits_2() {
+    let dir = temp_dir("check");
+    let bad = write_config(
+        &dir,
+        "bad.yaml",
+        "listen: nowhere\nupstream: http://127.0.0.1:1\ncookie:\n  same_site: none\n  secure: false\nsigning:\n  secret: short\n",
+    );
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in ["listen:", "cookie.same_site:", "signing.secret:"] {
+        assert!(err.contains(path), "{path} missing from:\n{err}");
+    }
+
+    let good = write_config(&dir, "good.yaml", &format!("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\n", common::SECRET));
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = Command::new(BIN).arg("check").env("SESSIONWARD_CONFIG", &good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "SESSIONWARD_CONFIG is the fallback");
+
+    let out = Command::new(BIN).args(["check", "-c"]).arg(dir.join("missing.yaml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn run_serves_and_exits_0_on_sigterm() {
+    let dir = temp_dir("run");
+    // A port nothing listens on: the proxy answers 502 at once.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = write_config(
+        &dir,
+        "run.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nupstream: http://{}\nsigning:\n  secret: ${{TEST_SECRET}}\n",
+            upstream
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("TEST_SECRET", common::SECRET)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The JSON log line announcing the bound address is the readiness signal.
+    let listen = loop {
+        let line = lines.next().expect("log line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log lines");
+        if let Some(addr) = v["fields"]["listen"].as_str() {
+            break addr.to_string();
+        }
+    };
+    let mut conn = std::net::TcpStream::connect(&listen).expect("proxy is listening");
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = rx.recv_timeout(Duration::from_secs(10)).expect("exited after SIGTERM").unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,432 @@
+//! Shared test harness: a recording upstream, the proxy started in-process
+//! from a config struct, and a client with a cookie jar. All on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sessionward::clock::{Clock, ManualClock, SystemClock};
+use sessionward::config::{Config, RawConfig};
+use sessionward::proxy::Proxy;
+use sessionward::server::Server;
+use sessionward::session::SessionStore;
+use sessionward::token::{Signer, VerifiedClaims};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// The signing secret every test proxy uses.
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+/// How long any wait in a test may take before it counts as a hang.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Body type the test upstream answers with.
+pub type UpBody = BoxBody<Bytes, Infallible>;
+
+/// Builds a full body.
+pub fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+// ---------------------------------------------------------------------------
+// Upstream
+// ---------------------------------------------------------------------------
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// An async handler the upstream runs for each request after recording it.
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>, Arc<UpstreamState>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>> + Send + Sync>;
+
+/// State shared by the upstream and the test.
+#[derive(Default)]
+pub struct UpstreamState {
+    pub requests: Mutex<Vec<Recorded>>,
+    arrived: Notify,
+    gates: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl UpstreamState {
+    /// Blocks until the named gate is opened.
+    pub async fn gate(&self, name: &str) {
+        let mut rx = self.gate_sender(name).subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+
+    fn gate_sender(&self, name: &str) -> watch::Sender<bool> {
+        self.gates
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| watch::channel(false).0)
+            .clone()
+    }
+}
+
+/// A real hyper server on 127.0.0.1:0 that records every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream that answers with [`echo_reply`].
+    pub async fn start() -> Upstream {
+        Self::with_handler(Arc::new(|req, state| Box::pin(echo_reply(req, state)))).await
+    }
+
+    /// Starts an upstream with a custom handler.
+    pub async fn with_handler(handler: Handler) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let st = st.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        let handler = handler.clone();
+                        async move {
+                            st.requests.lock().unwrap().push(Recorded {
+                                method: req.method().clone(),
+                                path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                headers: req.headers().clone(),
+                            });
+                            st.arrived.notify_waiters();
+                            Ok::<_, Infallible>(handler(req, st).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, state, task }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream received no request")
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for_requests(&self, n: usize) {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let notified = self.state.arrived.notified();
+                if self.state.requests.lock().unwrap().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("upstream requests did not arrive in time");
+    }
+
+    /// Opens a gate that `x-reply-gate: NAME` requests wait on.
+    pub fn open_gate(&self, name: &str) {
+        let _ = self.state.gate_sender(name).send(true);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The default upstream: the test says what to answer through request headers.
+/// `x-reply-status: N` sets the status, `x-reply-gate: NAME` waits for the gate,
+/// every `x-reply-header: name: value` becomes a response header, and the body
+/// is the request body's length.
+pub async fn echo_reply(req: Request<Incoming>, state: Arc<UpstreamState>) -> Response<UpBody> {
+    let headers = req.headers().clone();
+    if let Some(gate) = headers.get("x-reply-gate") {
+        state.gate(gate.to_str().unwrap()).await;
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut resp = Response::new(full(format!("received {} bytes", body.len())));
+    if let Some(s) = headers.get("x-reply-status") {
+        *resp.status_mut() = StatusCode::from_bytes(s.as_bytes()).unwrap();
+    }
+    for h in headers.get_all("x-reply-header") {
+        // Raw UTF-8 is allowed: apps do send it in header values.
+        let (name, value) = std::str::from_utf8(h.as_bytes()).unwrap().split_once(':').unwrap();
+        resp.headers_mut().append(
+            HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value.trim().as_bytes()).unwrap(),
+        );
+    }
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// Proxy
+// ---------------------------------------------------------------------------
+
+/// A raw config for a proxy in front of `upstream`, on 127.0.0.1:0, plain-http cookies.
+pub fn raw_config(upstream: SocketAddr) -> RawConfig {
+    let mut raw = RawConfig {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: Some(format!("http://{upstream}")),
+        ..Default::default()
+    };
+    raw.signing.secret = Some(SECRET.into());
+    // The test client talks plain http; Secure is checked in unit tests.
+    raw.cookie.secure = false;
+    raw
+}
+
+/// A proxy, its upstream, a client and a controllable clock.
+pub struct Harness {
+    pub upstream: Upstream,
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub store: Arc<dyn SessionStore>,
+    pub clock: Arc<ManualClock>,
+    pub signer: Signer,
+    pub client: Client,
+}
+
+impl Harness {
+    /// Default config, echo upstream.
+    pub async fn start() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    /// Echo upstream, config adjusted by `adjust`.
+    pub async fn with(adjust: impl FnOnce(&mut RawConfig)) -> Harness {
+        Self::build(Upstream::start().await, adjust, None).await
+    }
+
+    /// Everything explicit: upstream, config and optionally a store.
+    pub async fn build(
+        upstream: Upstream,
+        adjust: impl FnOnce(&mut RawConfig),
+        store: Option<Arc<dyn SessionStore>>,
+    ) -> Harness {
+        let mut raw = raw_config(upstream.addr);
+        adjust(&mut raw);
+        let config = Config::try_from(raw).expect("test config is valid");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let store = store.unwrap_or_else(|| sessionward::build_store(&config, clock.clone()));
+        let proxy = Proxy::new(&config, store.clone(), clock.clone()).unwrap();
+        let server = Server::start(config.listen, Arc::new(proxy), config.shutdown_grace).await.unwrap();
+        let addr = server.local_addr();
+        Harness {
+            signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
+            client: Client::new(addr),
+            upstream,
+            server: Some(server),
+            addr,
+            config,
+            store,
+            clock,
+        }
+    }
+
+    /// Verifies the token the upstream received on its last request.
+    pub fn last_claims(&self) -> VerifiedClaims {
+        self.claims_of(&self.upstream.last())
+    }
+
+    /// Verifies the token of one recorded request.
+    pub fn claims_of(&self, rec: &Recorded) -> VerifiedClaims {
+        let token = rec.headers.get("x-session").expect("no token upstream").to_str().unwrap();
+        self.signer.verify(token, self.clock.now()).expect("token verifies")
+    }
+
+    /// Live sessions in the store.
+    pub async fn sessions(&self) -> u64 {
+        self.store.len().await.unwrap()
+    }
+
+    /// A second client with its own cookie jar.
+    pub fn new_client(&self) -> Client {
+        Client::new(self.addr)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// An HTTP/1.1 client with a cookie jar, aimed at the proxy.
+#[derive(Clone)]
+pub struct Client {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    base: SocketAddr,
+    pub jar: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// A response, body read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// All `Set-Cookie` values.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    /// The `Set-Cookie` for the session cookie, if any.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.set_cookies().into_iter().find(|c| c.starts_with("sessionid="))
+    }
+}
+
+impl Client {
+    /// A client for the proxy at `base`.
+    pub fn new(base: SocketAddr) -> Client {
+        Client {
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            base,
+            jar: Default::default(),
+        }
+    }
+
+    /// Starts a GET.
+    pub fn get(&self, path: &str) -> Req {
+        self.request(Method::GET, path)
+    }
+
+    /// Starts a POST.
+    pub fn post(&self, path: &str) -> Req {
+        self.request(Method::POST, path)
+    }
+
+    /// Starts any request.
+    pub fn request(&self, method: Method, path: &str) -> Req {
+        Req {
+            client: self.clone(),
+            builder: Request::builder().method(method).uri(format!("http://{}{}", self.base, path)),
+            body: Bytes::new(),
+            use_jar: true,
+        }
+    }
+
+    /// The session cookie's value in the jar.
+    pub fn session_key(&self) -> Option<String> {
+        self.jar.lock().unwrap().get("sessionid").cloned()
+    }
+
+    /// Puts a cookie in the jar by hand.
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        self.jar.lock().unwrap().insert(name.into(), value.into());
+    }
+
+    fn store_cookies(&self, headers: &HeaderMap) {
+        let mut jar = self.jar.lock().unwrap();
+        for v in headers.get_all("set-cookie") {
+            let c = cookie::Cookie::parse(v.to_str().unwrap().to_string()).unwrap();
+            if c.max_age() == Some(time::Duration::ZERO) {
+                jar.remove(c.name());
+            } else {
+                jar.insert(c.name().to_string(), c.value().to_string());
+            }
+        }
+    }
+}
+
+/// A request being built.
+pub struct Req {
+    client: Client,
+    builder: http::request::Builder,
+    body: Bytes,
+    use_jar: bool,
+}
+
+impl Req {
+    /// Adds a request header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    /// Asks the echo upstream to answer with this header.
+    pub fn reply(self, name: &str, value: &str) -> Self {
+        self.header("x-reply-header", &format!("{name}: {value}"))
+    }
+
+    /// Asks the echo upstream to send a merge patch.
+    pub fn update(self, json: &str) -> Self {
+        self.reply("x-session-update", json)
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends no cookies from the jar.
+    pub fn without_jar(mut self) -> Self {
+        self.use_jar = false;
+        self
+    }
+
+    /// Sends the request, reads the whole response and updates the jar.
+    pub async fn send(self) -> Reply {
+        let mut builder = self.builder;
+        if self.use_jar {
+            let jar = self.client.jar.lock().unwrap().clone();
+            if !jar.is_empty() {
+                let line: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                builder = builder.header("cookie", line.join("; "));
+            }
+        }
+        let req = builder.body(Full::new(self.body)).unwrap();
+        let resp = tokio::time::timeout(DEADLINE, self.client.http.request(req))
+            .await
+            .expect("response in time")
+            .expect("request sent");
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(DEADLINE, body.collect()).await.expect("body in time").unwrap().to_bytes();
+        if self.use_jar {
+            self.client.store_cookies(&parts.headers);
+        }
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
