@@ -434,7 +434,10 @@ impl Config {
     }
 
     /// Parses YAML text, expanding `${VAR}` through `env`, and validates it.
-    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw = RawConfig::from_yaml(text, env)?;
         Config::try_from(raw)
     }
@@ -442,7 +445,10 @@ impl Config {
 
 impl RawConfig {
     /// Parses YAML text into raw structs, expanding `${VAR}` in every string value.
-    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConfig, ConfigError> {
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RawConfig, ConfigError> {
         let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
             ConfigError::Invalid(vec![Problem {
                 path: "(file)".into(),
@@ -523,8 +529,8 @@ fn expand_str(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
                 return Err(format!("invalid variable name {name:?} in ${{{expr}}}"));
             }
@@ -565,7 +571,10 @@ impl Checker {
         if secs.is_finite() && secs > 0.0 && secs < 1e9 {
             Duration::from_secs_f64(secs)
         } else {
-            self.fail(path, format!("must be a positive number of seconds, got {secs}"));
+            self.fail(
+                path,
+                format!("must be a positive number of seconds, got {secs}"),
+            );
             Duration::from_secs(1)
         }
     }
@@ -602,7 +611,10 @@ impl TryFrom<RawConfig> for Config {
 
         let upstream = match raw.upstream.as_deref() {
             None => {
-                c.fail("upstream", "is required (for example http://127.0.0.1:8000)");
+                c.fail(
+                    "upstream",
+                    "is required (for example http://127.0.0.1:8000)",
+                );
                 None
             }
             Some(s) => match parse_upstream(s.trim()) {
@@ -627,17 +639,24 @@ impl TryFrom<RawConfig> for Config {
 
         let store = match raw.store.kind.trim() {
             "memory" => StoreConfig::Memory {
-                max_sessions: c.positive("store.memory.max_sessions", raw.store.memory.max_sessions),
+                max_sessions: c
+                    .positive("store.memory.max_sessions", raw.store.memory.max_sessions),
             },
             "sqlite" | "redis" | "cookie" => {
                 c.fail(
                     "store.kind",
-                    format!("{:?} is not available in this version; use memory", raw.store.kind),
+                    format!(
+                        "{:?} is not available in this version; use memory",
+                        raw.store.kind
+                    ),
                 );
                 StoreConfig::Memory { max_sessions: 1 }
             }
             other => {
-                c.fail("store.kind", format!("unknown store {other:?}; expected memory"));
+                c.fail(
+                    "store.kind",
+                    format!("unknown store {other:?}; expected memory"),
+                );
                 StoreConfig::Memory { max_sessions: 1 }
             }
         };
@@ -660,7 +679,10 @@ impl TryFrom<RawConfig> for Config {
             Some(s) if s.len() < MIN_SECRET_BYTES => {
                 c.fail(
                     "signing.secret",
-                    format!("is {} bytes; at least {MIN_SECRET_BYTES} are required", s.len()),
+                    format!(
+                        "is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                        s.len()
+                    ),
                 );
                 Secret::new(Vec::new())
             }
@@ -683,7 +705,8 @@ impl TryFrom<RawConfig> for Config {
 
         let timeouts = Timeouts {
             upstream_connect: c.seconds("timeouts.upstream_connect", raw.timeouts.upstream_connect),
-            upstream_response: c.seconds("timeouts.upstream_response", raw.timeouts.upstream_response),
+            upstream_response: c
+                .seconds("timeouts.upstream_response", raw.timeouts.upstream_response),
         };
         let shutdown_grace = c.seconds("shutdown_grace", raw.shutdown_grace);
 
@@ -707,20 +730,37 @@ impl TryFrom<RawConfig> for Config {
 /// A prefix that matches headers every request carries would make the proxy strip them.
 fn is_reserved_header(prefix: &str) -> bool {
     const STANDARD: &[&str] = &[
-        "accept", "authorization", "cache-control", "connection", "content-length", "content-type",
-        "cookie", "host", "set-cookie", "transfer-encoding", "user-agent", "vary", "x-forwarded",
+        "accept",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-length",
+        "content-type",
+        "cookie",
+        "host",
+        "set-cookie",
+        "transfer-encoding",
+        "user-agent",
+        "vary",
+        "x-forwarded",
     ];
     STANDARD.iter().any(|h| h.starts_with(prefix))
 }
 
 fn parse_upstream(s: &str) -> Result<Uri, String> {
-    let uri: Uri = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return Err(format!("{s:?}: https upstreams are not supported yet; use http://")),
-        Some(other) => return Err(format!("{s:?}: scheme {other:?} is not supported; use http://")),
+        Some("https") => {
+            return Err(format!(
+                "{s:?}: https upstreams are not supported yet; use http://"
+            ));
+        }
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: scheme {other:?} is not supported; use http://"
+            ));
+        }
         None => return Err(format!("{s:?} has no scheme; write http://{s}")),
     }
     let authority = uri
@@ -750,7 +790,10 @@ fn validate_cookie(raw: &RawCookie, c: &mut Checker) -> CookieConfig {
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
     if !valid_name {
-        c.fail("cookie.name", format!("{:?} is not a valid cookie name", raw.name));
+        c.fail(
+            "cookie.name",
+            format!("{:?} is not a valid cookie name", raw.name),
+        );
     }
     let same_site = match raw.same_site.trim().to_ascii_lowercase().as_str() {
         "lax" => SameSite::Lax,
@@ -771,11 +814,19 @@ fn validate_cookie(raw: &RawCookie, c: &mut Checker) -> CookieConfig {
         );
     }
     if !raw.path.starts_with('/') || raw.path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
-        c.fail("cookie.path", format!("{:?} must start with / and hold no ';'", raw.path));
+        c.fail(
+            "cookie.path",
+            format!("{:?} must start with / and hold no ';'", raw.path),
+        );
     }
-    let domain = raw.domain.as_deref().map(str::trim).filter(|d| !d.is_empty());
+    let domain = raw
+        .domain
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
     if let Some(d) = domain
-        && d.bytes().any(|b| b == b';' || b.is_ascii_whitespace() || b.is_ascii_control())
+        && d.bytes()
+            .any(|b| b == b';' || b.is_ascii_whitespace() || b.is_ascii_control())
     {
         c.fail("cookie.domain", format!("{d:?} is not a valid domain"));
     }
@@ -805,7 +856,11 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     fn minimal(extra: &str) -> String {
@@ -827,7 +882,12 @@ mod tests {
         assert_eq!(c.cookie.same_site, SameSite::Lax);
         assert_eq!(c.session.max_age, 1_209_600);
         assert_eq!(c.session.max_bytes, 8192);
-        assert!(matches!(c.store, StoreConfig::Memory { max_sessions: 1_000_000 }));
+        assert!(matches!(
+            c.store,
+            StoreConfig::Memory {
+                max_sessions: 1_000_000
+            }
+        ));
         assert_eq!(c.signing.token_ttl, 60);
         assert_eq!(c.header_prefix, "x-session");
         assert_eq!(c.upstream.authority().unwrap().as_str(), "127.0.0.1:9");
@@ -837,7 +897,10 @@ mod tests {
     #[test]
     fn raw_default_equals_an_empty_document() {
         let from_yaml = RawConfig::from_yaml("{}", &env(&[])).unwrap();
-        assert_eq!(format!("{:?}", RawConfig::default()), format!("{from_yaml:?}"));
+        assert_eq!(
+            format!("{:?}", RawConfig::default()),
+            format!("{from_yaml:?}")
+        );
     }
 
     #[test]
@@ -864,7 +927,8 @@ mod tests {
 
     #[test]
     fn unset_env_var_names_the_field_and_the_variable() {
-        let err = Config::from_yaml(&minimal("").replace(SECRET, "${NOPE}"), &env(&[])).unwrap_err();
+        let err =
+            Config::from_yaml(&minimal("").replace(SECRET, "${NOPE}"), &env(&[])).unwrap_err();
         assert_eq!(paths(err.clone_problems()), vec!["signing.secret"]);
         assert!(err.problems()[0].message.contains("NOPE"));
     }
@@ -879,7 +943,13 @@ mod tests {
         let yaml = "listen: nowhere\nupstream: ftp://x\ncookie:\n  same_site: none\n  secure: false\nsession:\n  max_age: 0\nsigning:\n  secret: short\n";
         let err = Config::from_yaml(yaml, &env(&[])).unwrap_err();
         let p = paths(err);
-        for want in ["listen", "upstream", "cookie.same_site", "session.max_age", "signing.secret"] {
+        for want in [
+            "listen",
+            "upstream",
+            "cookie.same_site",
+            "session.max_age",
+            "signing.secret",
+        ] {
             assert!(p.contains(&want.to_string()), "{want} missing from {p:?}");
         }
     }
@@ -892,8 +962,11 @@ mod tests {
 
     #[test]
     fn placeholder_secret_is_refused() {
-        let err = Config::from_yaml(&minimal("").replace(SECRET, EXAMPLE_SECRET_PLACEHOLDER), &env(&[]))
-            .unwrap_err();
+        let err = Config::from_yaml(
+            &minimal("").replace(SECRET, EXAMPLE_SECRET_PLACEHOLDER),
+            &env(&[]),
+        )
+        .unwrap_err();
         assert!(err.problems()[0].message.contains("placeholder"));
     }
 
@@ -915,7 +988,10 @@ mod tests {
     fn negative_max_age_and_bad_urls_are_refused() {
         for (extra, field) in [
             ("session:\n  max_age: -5\n", "session.max_age"),
-            ("timeouts:\n  upstream_response: 0\n", "timeouts.upstream_response"),
+            (
+                "timeouts:\n  upstream_response: 0\n",
+                "timeouts.upstream_response",
+            ),
             ("headers:\n  prefix: cookie\n", "headers.prefix"),
             ("store:\n  kind: mongo\n", "store.kind"),
         ] {
@@ -931,7 +1007,8 @@ mod tests {
 
     #[test]
     fn type_errors_carry_the_field_path() {
-        let err = Config::from_yaml(&minimal("session:\n  max_bytes: lots\n"), &env(&[])).unwrap_err();
+        let err =
+            Config::from_yaml(&minimal("session:\n  max_bytes: lots\n"), &env(&[])).unwrap_err();
         assert_eq!(paths(err), vec!["session.max_bytes"]);
     }
 

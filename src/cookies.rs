@@ -68,9 +68,18 @@ pub fn drop_upstream_session_cookies(headers: &mut HeaderMap, name: &str) -> usi
         let end = bytes.iter().position(|&b| b == b'=').unwrap_or(bytes.len());
         bytes[..end].trim_ascii() == name.as_bytes()
     };
-    let dropped = headers.get_all(SET_COOKIE).iter().filter(|v| is_ours(v)).count();
+    let dropped = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| is_ours(v))
+        .count();
     if dropped > 0 {
-        let kept: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().filter(|v| !is_ours(v)).cloned().collect();
+        let kept: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !is_ours(v))
+            .cloned()
+            .collect();
         headers.remove(SET_COOKIE);
         for v in kept {
             headers.append(SET_COOKIE, v);
@@ -102,7 +111,9 @@ impl CookieWriter {
         let mut cookie = self.base(key.encode());
         if !policy.is_browser_session(record.expiry) {
             cookie = cookie
-                .max_age(Duration::seconds(record.expires_at.saturating_sub(now).max(0)))
+                .max_age(Duration::seconds(
+                    record.expires_at.saturating_sub(now).max(0),
+                ))
                 .expires(
                     OffsetDateTime::from_unix_timestamp(record.expires_at)
                         .unwrap_or(OffsetDateTime::UNIX_EPOCH),
@@ -141,7 +152,8 @@ impl CookieWriter {
 fn to_header(cookie: ::cookie::CookieBuilder<'static>) -> HeaderValue {
     // Name, path and domain were validated at config load and the value is
     // base64url, so the string is always a valid header value.
-    HeaderValue::from_str(&cookie.build().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_str(&cookie.build().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -158,20 +170,29 @@ mod tests {
     }
 
     fn cookie_values(h: &HeaderMap) -> Vec<&str> {
-        h.get_all(COOKIE).iter().map(|v| v.to_str().unwrap()).collect()
+        h.get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
     }
 
     #[test]
     fn takes_ours_and_keeps_the_others_verbatim() {
         let mut h = headers(&["a=1; sessionid=KEY; b=\"x y\""]);
-        assert_eq!(take_session_cookie(&mut h, "sessionid").as_deref(), Some("KEY"));
+        assert_eq!(
+            take_session_cookie(&mut h, "sessionid").as_deref(),
+            Some("KEY")
+        );
         assert_eq!(cookie_values(&h), vec!["a=1; b=\"x y\""]);
     }
 
     #[test]
     fn drops_the_header_when_nothing_remains_and_takes_the_first_of_duplicates() {
         let mut h = headers(&["sessionid=ONE", "sessionid=TWO"]);
-        assert_eq!(take_session_cookie(&mut h, "sessionid").as_deref(), Some("ONE"));
+        assert_eq!(
+            take_session_cookie(&mut h, "sessionid").as_deref(),
+            Some("ONE")
+        );
         assert!(h.get(COOKIE).is_none());
     }
 
@@ -222,7 +243,15 @@ mod tests {
         let v = writer(Some("example.com")).set(&key, &record, &POLICY, 1_700_000_000);
         let s = v.to_str().unwrap();
         assert!(s.starts_with(&format!("sid={}", key.encode())), "{s}");
-        for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/app", "Domain=example.com", "Max-Age=100", "Expires=Tue, 14 Nov 2023 22:15:00 GMT"] {
+        for attr in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Secure",
+            "Path=/app",
+            "Domain=example.com",
+            "Max-Age=100",
+            "Expires=Tue, 14 Nov 2023 22:15:00 GMT",
+        ] {
             assert!(s.contains(attr), "{attr} missing from {s}");
         }
     }
@@ -245,7 +274,14 @@ mod tests {
     fn deletion_matches_name_path_domain_and_samesite() {
         let s = writer(Some("example.com")).delete();
         let s = s.to_str().unwrap();
-        for attr in ["sid=;", "Path=/app", "Domain=example.com", "SameSite=Strict", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"] {
+        for attr in [
+            "sid=;",
+            "Path=/app",
+            "Domain=example.com",
+            "SameSite=Strict",
+            "Max-Age=0",
+            "Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        ] {
             assert!(s.contains(attr), "{attr} missing from {s}");
         }
     }

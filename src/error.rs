@@ -70,7 +70,9 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => "upstream unreachable\n",
             ProxyError::UpstreamTimeout(_) => "upstream timed out\n",
             ProxyError::Store(_) => "session store unavailable, retry shortly\n",
-            ProxyError::Protocol(_) | ProxyError::Apply(_) => "invalid session update from upstream\n",
+            ProxyError::Protocol(_) | ProxyError::Apply(_) => {
+                "invalid session update from upstream\n"
+            }
             ProxyError::SessionInterrupted => "session was interrupted by a concurrent request\n",
             ProxyError::BadRequest(_) => "bad request\n",
             ProxyError::Internal(_) => "internal error\n",
@@ -79,10 +81,15 @@ impl ProxyError {
 
     /// The response sent in place of the upstream's.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut resp = Response::new(Full::new(Bytes::from_static(self.public_message().as_bytes())));
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            self.public_message().as_bytes(),
+        )));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self, ProxyError::Store(_)) {
             h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -113,7 +120,10 @@ mod tests {
                 }),
                 502,
             ),
-            (ProxyError::from(UpdateError::Apply(ApplyError::TooLarge { size: 2, max: 1 })), 502),
+            (
+                ProxyError::from(UpdateError::Apply(ApplyError::TooLarge { size: 2, max: 1 })),
+                502,
+            ),
             (ProxyError::SessionInterrupted, 400),
             (ProxyError::BadRequest("x".into()), 400),
             (ProxyError::Internal("rng".into()), 500),
@@ -121,7 +131,11 @@ mod tests {
         for (err, status) in table {
             let resp = err.to_response();
             assert_eq!(resp.status().as_u16(), status, "{err}");
-            assert_eq!(resp.headers().contains_key(header::RETRY_AFTER), status == 503, "{err}");
+            assert_eq!(
+                resp.headers().contains_key(header::RETRY_AFTER),
+                status == 503,
+                "{err}"
+            );
         }
     }
 

@@ -48,7 +48,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<server::Ser
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,

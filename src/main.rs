@@ -112,8 +112,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let demo = sessionward::demo::Demo::start(listen).await?;
     println!();
-    println!("  sessionward demo: open http://{}/ in your browser", demo.proxy_addr());
-    println!("  (the demo app listens on {}; Ctrl-C stops both)", demo.app_addr());
+    println!(
+        "  sessionward demo: open http://{}/ in your browser",
+        demo.proxy_addr()
+    );
+    println!(
+        "  (the demo app listens on {}; Ctrl-C stops both)",
+        demo.app_addr()
+    );
     println!();
     stop_on_signal(demo.stop_handle());
     demo.wait().await;

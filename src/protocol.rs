@@ -80,7 +80,9 @@ pub enum ProtocolError {
         value: String,
     },
     /// `P-expiry` is not a non-negative integer or `default`.
-    #[error("{header}: invalid expiry {value:?} (expected seconds, 0 for browser close, or default)")]
+    #[error(
+        "{header}: invalid expiry {value:?} (expected seconds, 0 for browser close, or default)"
+    )]
     BadExpiry {
         /// Header name.
         header: String,
@@ -101,7 +103,11 @@ pub enum ProtocolError {
 /// and upstream responses both go through this, so neither side can speak
 /// for sessionward.
 pub fn strip_prefixed(headers: &mut HeaderMap, names: &HeaderNames) {
-    let found: Vec<HeaderName> = headers.keys().filter(|n| names.matches(n)).cloned().collect();
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| names.matches(n))
+        .cloned()
+        .collect();
     for name in found {
         headers.remove(&name);
     }
@@ -109,7 +115,10 @@ pub fn strip_prefixed(headers: &mut HeaderMap, names: &HeaderNames) {
 
 /// Parses the update headers of an upstream response and strips every
 /// prefixed header, valid or not. On error nothing is to be applied.
-pub fn take_changes(headers: &mut HeaderMap, names: &HeaderNames) -> Result<Changes, ProtocolError> {
+pub fn take_changes(
+    headers: &mut HeaderMap,
+    names: &HeaderNames,
+) -> Result<Changes, ProtocolError> {
     if !headers.keys().any(|n| names.matches(n)) {
         return Ok(Changes::default());
     }
@@ -130,10 +139,12 @@ fn parse_changes(headers: &HeaderMap, names: &HeaderNames) -> Result<Changes, Pr
         })
         .transpose()?;
     let expiry = single(headers, &names.expiry)?
-        .map(|v| parse_expiry(v.trim()).ok_or_else(|| ProtocolError::BadExpiry {
-            header: names.expiry.to_string(),
-            value: clip(v),
-        }))
+        .map(|v| {
+            parse_expiry(v.trim()).ok_or_else(|| ProtocolError::BadExpiry {
+                header: names.expiry.to_string(),
+                value: clip(v),
+            })
+        })
         .transpose()?;
     let mut patches = Vec::new();
     for value in headers.get_all(&names.update) {
@@ -226,7 +237,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -242,7 +256,12 @@ mod tests {
 
     #[test]
     fn strip_removes_every_prefixed_header_and_nothing_else() {
-        let mut h = map(&[("X-Session", "forged"), ("x-session-user", "admin"), ("X-SESSIONS", "a"), ("x-other", "keep")]);
+        let mut h = map(&[
+            ("X-Session", "forged"),
+            ("x-session-user", "admin"),
+            ("X-SESSIONS", "a"),
+            ("x-other", "keep"),
+        ]);
         strip_prefixed(&mut h, &names());
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-other"], "keep");
@@ -267,7 +286,10 @@ mod tests {
         let c = take_changes(&mut h, &names()).unwrap();
         assert_eq!(c.action, Some(Action::Cycle));
         assert_eq!(c.expiry, Some(Expiry::Idle(300)));
-        assert_eq!(c.patches, vec![json!({"a": 1}), json!({"a": null, "b": {"c": 2}})]);
+        assert_eq!(
+            c.patches,
+            vec![json!({"a": 1}), json!({"a": null, "b": {"c": 2}})]
+        );
         assert!(h.is_empty());
     }
 
@@ -285,10 +307,16 @@ mod tests {
     fn invalid_headers_are_errors_and_still_stripped() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("x-session-update", "{not json")], "invalid JSON"),
-            (&[("x-session-update", "[1,2]")], "must be a JSON object, got an array"),
+            (
+                &[("x-session-update", "[1,2]")],
+                "must be a JSON object, got an array",
+            ),
             (&[("x-session-action", "logout")], "unknown action"),
             (&[("x-session-expiry", "tomorrow")], "invalid expiry"),
-            (&[("x-session-action", "flush"), ("x-session-action", "cycle")], "given 2 times"),
+            (
+                &[("x-session-action", "flush"), ("x-session-action", "cycle")],
+                "given 2 times",
+            ),
         ];
         for (pairs, want) in cases {
             let mut h = map(pairs);
@@ -302,7 +330,13 @@ mod tests {
     #[test]
     fn non_utf8_value_is_an_error() {
         let mut h = HeaderMap::new();
-        h.insert("x-session-action", HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap());
-        assert!(matches!(take_changes(&mut h, &names()), Err(ProtocolError::NotText { .. })));
+        h.insert(
+            "x-session-action",
+            HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap(),
+        );
+        assert!(matches!(
+            take_changes(&mut h, &names()),
+            Err(ProtocolError::NotText { .. })
+        ));
     }
 }

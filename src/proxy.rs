@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::cookies::{self, CookieWriter};
 use crate::error::ProxyError;
 use crate::protocol::{self, HeaderNames};
-use crate::session::{self, Action, Changes, KeyHash, Next, Policy, Record, SessionKey, SessionStore, Updated};
+use crate::session::{
+    self, Action, Changes, KeyHash, Next, Policy, Record, SessionKey, SessionStore, Updated,
+};
 use crate::token::{Claims, Signer};
 use crate::upstream::Upstream;
 
@@ -86,7 +88,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 impl Proxy {
     /// A proxy for a validated configuration.
-    pub fn new(config: &Config, store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Result<Self, ProxyError> {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ProxyError> {
         let names = HeaderNames::new(&config.header_prefix)
             .map_err(|e| ProxyError::Internal(format!("header prefix: {e}")))?;
         Ok(Self {
@@ -121,7 +127,9 @@ impl Proxy {
             }
             Err(err) => {
                 match &err {
-                    ProxyError::Store(_) | ProxyError::Internal(_) => error!(%method, path, error = %err, "request failed"),
+                    ProxyError::Store(_) | ProxyError::Internal(_) => {
+                        error!(%method, path, error = %err, "request failed")
+                    }
                     _ => warn!(%method, path, error = %err, "request failed"),
                 }
                 let mut resp = err.to_response().map(Either::Right);
@@ -131,7 +139,11 @@ impl Proxy {
         }
     }
 
-    async fn pipeline(&self, mut req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, ProxyError> {
+    async fn pipeline(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, ProxyError> {
         let upgrade = strip_inbound_headers(req.headers_mut(), &self.names);
         let cookie = cookies::take_session_cookie(req.headers_mut(), self.cookies.name());
         let session = self.resolve_session(cookie.as_deref()).await?;
@@ -140,7 +152,8 @@ impl Proxy {
 
         let mut resp = self.upstream.send(req).await?;
 
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
+        let switching =
+            resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
         strip_hop_by_hop(resp.headers_mut(), switching);
         let status = resp.status();
         let changes = take_update_headers(resp.headers_mut(), &self.names, status)?;
@@ -170,7 +183,11 @@ impl Proxy {
             });
         };
         let id = key.hash();
-        let live = self.store.load(&id).await?.map(|record| Live { key, id, record });
+        let live = self
+            .store
+            .load(&id)
+            .await?
+            .map(|record| Live { key, id, record });
         if live.is_none() {
             debug!(session = %id, "unknown or expired session cookie ignored");
         }
@@ -181,12 +198,17 @@ impl Proxy {
     }
 
     /// Points the request at the upstream and adds the forwarding headers and the signed token.
-    pub fn build_upstream_request<B>(&self, req: &mut Request<B>, session: &Resolved, peer: Peer) -> Result<(), ProxyError> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    pub fn build_upstream_request<B>(
+        &self,
+        req: &mut Request<B>,
+        session: &Resolved,
+        peer: Peer,
+    ) -> Result<(), ProxyError> {
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let token = self.sign_token(req, session);
         *req.uri_mut() = self.upstream.uri_for(req.uri().path_and_query())?;
         *req.version_mut() = Version::HTTP_11;
@@ -205,7 +227,8 @@ impl Proxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
         );
-        let token = HeaderValue::try_from(token).map_err(|e| ProxyError::Internal(format!("token header: {e}")))?;
+        let token = HeaderValue::try_from(token)
+            .map_err(|e| ProxyError::Internal(format!("token header: {e}")))?;
         h.insert(self.names.token.clone(), token);
         Ok(())
     }
@@ -241,7 +264,12 @@ impl Proxy {
 
     /// Persists what the upstream asked for, atomically against the session as
     /// it is in the store now. 5xx responses change nothing.
-    pub async fn apply_changes(&self, session: &Resolved, changes: &Changes, status: StatusCode) -> Result<CookieChange, ProxyError> {
+    pub async fn apply_changes(
+        &self,
+        session: &Resolved,
+        changes: &Changes,
+        status: StatusCode,
+    ) -> Result<CookieChange, ProxyError> {
         if status.is_server_error() {
             return Ok(CookieChange::Keep);
         }
@@ -258,7 +286,11 @@ impl Proxy {
                     Ok(CookieChange::Set(key, record))
                 }
                 // A stale cookie and an upstream that empties the session: clear the cookie.
-                Next::Nothing | Next::Delete if session.cookie_sent && (changes.action == Some(Action::Flush) || !changes.patches.is_empty()) => {
+                Next::Nothing | Next::Delete
+                    if session.cookie_sent
+                        && (changes.action == Some(Action::Flush)
+                            || !changes.patches.is_empty()) =>
+                {
                     Ok(CookieChange::Delete)
                 }
                 Next::Nothing | Next::Delete => Ok(CookieChange::Keep),
@@ -279,7 +311,9 @@ impl Proxy {
             Updated::Saved(record) => Ok(CookieChange::Set(live.key.clone(), record)),
             Updated::Moved(record) => {
                 debug!(old = %live.id, new = %new_id, "session key rotated");
-                let key = new_key.ok_or_else(|| ProxyError::Internal("store moved a session without a new key".into()))?;
+                let key = new_key.ok_or_else(|| {
+                    ProxyError::Internal("store moved a session without a new key".into())
+                })?;
                 Ok(CookieChange::Set(key, record))
             }
             Updated::Deleted => {
@@ -295,12 +329,18 @@ impl Proxy {
     pub fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange) {
         let dropped = cookies::drop_upstream_session_cookies(headers, self.cookies.name());
         if dropped > 0 {
-            warn!(cookie = self.cookies.name(), dropped, "upstream tried to set the session cookie; dropped");
+            warn!(
+                cookie = self.cookies.name(),
+                dropped, "upstream tried to set the session cookie; dropped"
+            );
         }
         add_vary_cookie(headers);
         let value = match change {
             CookieChange::Keep => return,
-            CookieChange::Set(key, record) => self.cookies.set(&key, &record, &self.policy, self.clock.now()),
+            CookieChange::Set(key, record) => {
+                self.cookies
+                    .set(&key, &record, &self.policy, self.clock.now())
+            }
             CookieChange::Delete => self.cookies.delete(),
         };
         headers.append(header::SET_COOKIE, value);
@@ -311,7 +351,8 @@ impl Proxy {
 }
 
 fn new_key() -> Result<SessionKey, ProxyError> {
-    SessionKey::generate().ok_or_else(|| ProxyError::Internal("the OS random generator failed".into()))
+    SessionKey::generate()
+        .ok_or_else(|| ProxyError::Internal("the OS random generator failed".into()))
 }
 
 /// Removes the client's protocol headers and the hop-by-hop headers. Returns
@@ -330,7 +371,9 @@ fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_says_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    connection_says_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`; with
@@ -369,7 +412,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Takes the update headers off an upstream response. A 5xx response's are
 /// stripped unread: nothing from it is applied.
-pub fn take_update_headers(headers: &mut HeaderMap, names: &HeaderNames, status: StatusCode) -> Result<Changes, ProxyError> {
+pub fn take_update_headers(
+    headers: &mut HeaderMap,
+    names: &HeaderNames,
+    status: StatusCode,
+) -> Result<Changes, ProxyError> {
     if status.is_server_error() {
         protocol::strip_prefixed(headers, names);
         return Ok(Changes::default());
@@ -379,7 +426,11 @@ pub fn take_update_headers(headers: &mut HeaderMap, names: &HeaderNames, status:
 
 /// Adds `Cookie` to `Vary`, merged with what is there.
 pub fn add_vary_cookie(headers: &mut HeaderMap) {
-    let existing: Vec<&str> = headers.get_all(header::VARY).iter().filter_map(|v| v.to_str().ok()).collect();
+    let existing: Vec<&str> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if existing.is_empty() {
         headers.insert(header::VARY, HeaderValue::from_static("Cookie"));
         return;
@@ -422,7 +473,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -452,8 +506,15 @@ mod tests {
 
     #[test]
     fn upgrade_requests_keep_upgrade_headers() {
-        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
-        assert_eq!(strip_inbound_headers(&mut h, &names()).unwrap(), "websocket");
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert_eq!(
+            strip_inbound_headers(&mut h, &names()).unwrap(),
+            "websocket"
+        );
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "k");
@@ -482,7 +543,10 @@ mod tests {
 
     #[test]
     fn server_error_updates_are_stripped_unread() {
-        let mut h = headers(&[("x-session-update", "not json"), ("x-session-action", "flush")]);
+        let mut h = headers(&[
+            ("x-session-update", "not json"),
+            ("x-session-action", "flush"),
+        ]);
         let c = take_update_headers(&mut h, &names(), StatusCode::INTERNAL_SERVER_ERROR).unwrap();
         assert!(c.is_empty() && h.is_empty());
         let mut h = headers(&[("x-session-update", "not json")]);

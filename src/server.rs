@@ -45,7 +45,9 @@ impl Server {
 
     /// Serves `proxy` on an already bound listener.
     pub fn serve(listener: TcpListener, proxy: Arc<Proxy>, grace: Duration) -> Server {
-        let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, proxy, grace, stopped));
         Server {
@@ -77,7 +79,12 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, grace: Duration, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    grace: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
@@ -103,7 +110,9 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, grace: Duration, 
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

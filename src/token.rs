@@ -48,7 +48,9 @@ pub struct Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,13 +155,19 @@ impl Signer {
     /// Verifies a token as an app would: signature, issuer and expiry at `now`.
     pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedClaims, TokenError> {
         let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+        let (header_b64, payload_b64) =
+            signing_input.split_once('.').ok_or(TokenError::Malformed)?;
         if header_b64 != HEADER_B64 {
             return Err(TokenError::Malformed);
         }
-        let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
-        hmac::verify(&self.key, signing_input.as_bytes(), &sig).map_err(|_| TokenError::BadSignature)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig_b64)
+            .map_err(|_| TokenError::Malformed)?;
+        hmac::verify(&self.key, signing_input.as_bytes(), &sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: VerifiedClaims =
             serde_json::from_slice(&payload).map_err(|e| TokenError::Claims(e.to_string()))?;
         if claims.iss != ISSUER {
@@ -233,7 +241,10 @@ mod tests {
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"iss":"sessionward","data":{"admin":true}}"#);
         parts[1] = &forged;
-        assert_eq!(s.verify(&parts.join("."), 1001), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.verify(&parts.join("."), 1001),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(s.verify("a.b", 1001), Err(TokenError::Malformed));
     }
 
@@ -247,6 +258,9 @@ mod tests {
         assert_eq!(s.sid(&k1).len(), 22);
         let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &[b'k'; 32]));
         mac.update(format!("sid:{}", k1.encode()).as_bytes());
-        assert_eq!(s.sid(&k1), URL_SAFE_NO_PAD.encode(&mac.sign().as_ref()[..16]));
+        assert_eq!(
+            s.sid(&k1),
+            URL_SAFE_NO_PAD.encode(&mac.sign().as_ref()[..16])
+        );
     }
 }

@@ -60,7 +60,9 @@ impl Upstream {
         match tokio::time::timeout(limit, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if is_timeout(&e) => Err(ProxyError::UpstreamTimeout(self.timeouts.upstream_connect)),
+            Ok(Err(e)) if is_timeout(&e) => {
+                Err(ProxyError::UpstreamTimeout(self.timeouts.upstream_connect))
+            }
             Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(chain(&e))),
         }
     }

@@ -17,7 +17,10 @@ fn example() -> String {
 #[test]
 fn example_config_documents_the_defaults_and_loads() {
     let secret = "s".repeat(40);
-    let config = Config::from_yaml(&example(), &|name| (name == "SESSIONWARD_SECRET").then(|| secret.clone())).unwrap();
+    let config = Config::from_yaml(&example(), &|name| {
+        (name == "SESSIONWARD_SECRET").then(|| secret.clone())
+    })
+    .unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.cookie.name, "sessionid");
     assert_eq!(config.session.max_age, 1_209_600);
@@ -49,21 +52,53 @@ fn check_lists_every_problem_with_its_path_and_exits_2() {
         "bad.yaml",
         "listen: nowhere\nupstream: http://127.0.0.1:1\ncookie:\n  same_site: none\n  secure: false\nsigning:\n  secret: short\n",
     );
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for path in ["listen:", "cookie.same_site:", "signing.secret:"] {
         assert!(err.contains(path), "{path} missing from:\n{err}");
     }
 
-    let good = write_config(&dir, "good.yaml", &format!("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\n", common::SECRET));
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let good = write_config(
+        &dir,
+        "good.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\n",
+            common::SECRET
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = Command::new(BIN).arg("check").env("SESSIONWARD_CONFIG", &good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "SESSIONWARD_CONFIG is the fallback");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("SESSIONWARD_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "SESSIONWARD_CONFIG is the fallback"
+    );
 
-    let out = Command::new(BIN).args(["check", "-c"]).arg(dir.join("missing.yaml")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(dir.join("missing.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
 }
@@ -72,7 +107,10 @@ fn check_lists_every_problem_with_its_path_and_exits_2() {
 fn run_serves_and_exits_0_on_sigterm() {
     let dir = temp_dir("run");
     // A port nothing listens on: the proxy answers 502 at once.
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = write_config(
         &dir,
         "run.yaml",
@@ -100,15 +138,22 @@ fn run_serves_and_exits_0_on_sigterm() {
     };
     let mut conn = std::net::TcpStream::connect(&listen).expect("proxy is listening");
     use std::io::{Read, Write};
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait()));
-    let status = rx.recv_timeout(Duration::from_secs(10)).expect("exited after SIGTERM").unwrap();
+    let status = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("exited after SIGTERM")
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

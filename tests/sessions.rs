@@ -14,7 +14,9 @@ use sessionward::clock::Clock;
 use sessionward::session::{KeyHash, SessionKey};
 
 fn key_hash(cookie_value: &str) -> KeyHash {
-    SessionKey::parse(cookie_value).expect("a well-formed key").hash()
+    SessionKey::parse(cookie_value)
+        .expect("a well-formed key")
+        .hash()
 }
 
 /// Logs in: creates a session holding `data` and returns its key.
@@ -30,16 +32,26 @@ async fn spoofed_session_headers_never_reach_the_upstream() {
     for path in ["/", "/static/app.css", "/api/x?y=1"] {
         h.client
             .get(path)
-            .header("x-session", "eyJhbGciOiJub25lIn0.eyJkYXRhIjp7ImFkbWluIjp0cnVlfX0.")
+            .header(
+                "x-session",
+                "eyJhbGciOiJub25lIn0.eyJkYXRhIjp7ImFkbWluIjp0cnVlfX0.",
+            )
             .header("X-Session-Update", r#"{"admin":true}"#)
             .header("x-session-user", "root")
             .send()
             .await;
         let rec = h.upstream.last();
-        let names: Vec<_> = rec.headers.keys().filter(|k| k.as_str().starts_with("x-session")).collect();
+        let names: Vec<_> = rec
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-session"))
+            .collect();
         assert_eq!(names, vec!["x-session"], "{path}");
         let claims = h.claims_of(&rec);
-        assert!(claims.data.is_empty() && claims.new, "forged data leaked: {claims:?}");
+        assert!(
+            claims.data.is_empty() && claims.new,
+            "forged data leaked: {claims:?}"
+        );
     }
 }
 
@@ -53,7 +65,10 @@ async fn connection_header_tricks_cannot_drop_the_token() {
         .send()
         .await;
     let rec = h.upstream.last();
-    assert!(rec.headers.get("x-custom").is_none(), "headers named in Connection are hop-by-hop");
+    assert!(
+        rec.headers.get("x-custom").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
     h.claims_of(&rec);
 }
 
@@ -63,14 +78,20 @@ async fn session_cookie_is_removed_upstream_and_other_cookies_stay() {
     let key = create(&h, r#"{"a":1}"#).await;
     h.client.set_cookie("theme", "dark");
     h.client.get("/").send().await;
-    let cookie = h.upstream.last().headers["cookie"].to_str().unwrap().to_string();
+    let cookie = h.upstream.last().headers["cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(cookie, "theme=dark");
     assert!(!cookie.contains(&key));
 
     let alone = h.new_client();
     alone.set_cookie("sessionid", &key);
     alone.get("/").send().await;
-    assert!(h.upstream.last().headers.get("cookie").is_none(), "an emptied Cookie header is dropped");
+    assert!(
+        h.upstream.last().headers.get("cookie").is_none(),
+        "an emptied Cookie header is dropped"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +107,11 @@ async fn update_headers_never_reach_the_client() {
         .send()
         .await;
     assert_eq!(r.status, 200);
-    let leaked: Vec<_> = r.headers.keys().filter(|k| k.as_str().starts_with("x-session")).collect();
+    let leaked: Vec<_> = r
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-session"))
+        .collect();
     assert!(leaked.is_empty(), "{leaked:?}");
 }
 
@@ -95,7 +120,10 @@ async fn token_verifies_and_carries_the_claims() {
     let h = Harness::start().await;
     h.client.get("/first?q=1").send().await;
     let c = h.last_claims();
-    assert_eq!((c.iss.as_str(), c.sid, c.new, c.expires), ("sessionward", None, true, None));
+    assert_eq!(
+        (c.iss.as_str(), c.sid, c.new, c.expires),
+        ("sessionward", None, true, None)
+    );
     assert!(c.data.is_empty());
     assert_eq!((c.method.as_str(), c.path.as_str()), ("GET", "/first?q=1"));
     assert_eq!(c.exp, c.iat + 60);
@@ -103,12 +131,21 @@ async fn token_verifies_and_carries_the_claims() {
 
     let key = create(&h, r#"{"user":"ann","n":[1,2]}"#).await;
     let created_at = h.clock.now();
-    h.client.request(http::Method::DELETE, "/x/y?z=%20").send().await;
+    h.client
+        .request(http::Method::DELETE, "/x/y?z=%20")
+        .send()
+        .await;
     let c = h.last_claims();
     assert!(!c.new);
-    assert_eq!(serde_json::Value::Object(c.data), json!({"user": "ann", "n": [1, 2]}));
+    assert_eq!(
+        serde_json::Value::Object(c.data),
+        json!({"user": "ann", "n": [1, 2]})
+    );
     assert_eq!(c.expires, Some(created_at + 1_209_600));
-    assert_eq!((c.method.as_str(), c.path.as_str()), ("DELETE", "/x/y?z=%20"));
+    assert_eq!(
+        (c.method.as_str(), c.path.as_str()),
+        ("DELETE", "/x/y?z=%20")
+    );
     let mac = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes()),
         format!("sid:{key}").as_bytes(),
@@ -121,20 +158,38 @@ async fn sessions_are_lazy() {
     let h = Harness::start().await;
     let r = h.client.get("/").send().await;
     assert!(r.set_cookies().is_empty());
-    let r = h.client.get("/").update("{}").reply("x-session-expiry", "30").send().await;
-    assert!(r.set_cookies().is_empty(), "an empty session is never stored");
+    let r = h
+        .client
+        .get("/")
+        .update("{}")
+        .reply("x-session-expiry", "30")
+        .send()
+        .await;
+    assert!(
+        r.set_cookies().is_empty(),
+        "an empty session is never stored"
+    );
     assert_eq!(h.sessions().await, 0);
 
     let r = h.client.get("/").update(r#"{"a":1}"#).send().await;
     let set = r.session_cookie().expect("cookie set on first write");
-    for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=1209600", "Expires="] {
+    for attr in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=1209600",
+        "Expires=",
+    ] {
         assert!(set.contains(attr), "{attr} missing in {set}");
     }
     assert_eq!(r.headers["cache-control"], "private");
     assert_eq!(h.sessions().await, 1);
 
     let r = h.client.get("/").send().await;
-    assert!(r.set_cookies().is_empty(), "an unchanged session sets no cookie");
+    assert!(
+        r.set_cookies().is_empty(),
+        "an unchanged session sets no cookie"
+    );
 }
 
 #[tokio::test]
@@ -159,16 +214,27 @@ async fn merge_patch_semantics_through_the_proxy() {
         .send()
         .await;
     h.client.get("/").send().await;
-    assert_eq!(serde_json::Value::Object(h.last_claims().data), json!({"b": {"x": 1, "z": 3}, "c": "é"}));
+    assert_eq!(
+        serde_json::Value::Object(h.last_claims().data),
+        json!({"b": {"x": 1, "z": 3}, "c": "é"})
+    );
 }
 
 #[tokio::test]
 async fn flush_deletes_the_session_and_expires_the_cookie() {
     let h = Harness::start().await;
     let key = create(&h, r#"{"user":"ann"}"#).await;
-    let r = h.client.post("/logout").reply("x-session-action", "flush").send().await;
+    let r = h
+        .client
+        .post("/logout")
+        .reply("x-session-action", "flush")
+        .send()
+        .await;
     let set = r.session_cookie().expect("cookie deleted");
-    assert!(set.contains("Max-Age=0") && set.contains("Path=/") && set.contains("SameSite=Lax"), "{set}");
+    assert!(
+        set.contains("Max-Age=0") && set.contains("Path=/") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
     assert_eq!(h.client.session_key(), None);
     assert_eq!(h.sessions().await, 0);
 
@@ -201,7 +267,10 @@ async fn flush_then_update_leaves_a_flash_under_a_new_key() {
     assert_ne!(new, old);
     assert!(h.store.load(&key_hash(&old)).await.unwrap().is_none());
     h.client.get("/").send().await;
-    assert_eq!(serde_json::Value::Object(h.last_claims().data), json!({"flash": "bye"}));
+    assert_eq!(
+        serde_json::Value::Object(h.last_claims().data),
+        json!({"flash": "bye"})
+    );
 }
 
 #[tokio::test]
@@ -222,7 +291,10 @@ async fn cycle_rotates_the_key_and_kills_the_old_one() {
     assert_ne!(new, old);
     h.client.get("/").send().await;
     let c = h.last_claims();
-    assert_eq!(serde_json::Value::Object(c.data), json!({"cart": [1], "user_id": 7}));
+    assert_eq!(
+        serde_json::Value::Object(c.data),
+        json!({"cart": [1], "user_id": 7})
+    );
     assert_ne!(c.sid, sid_before, "the sid follows the key");
 
     let thief = h.new_client();
@@ -236,9 +308,17 @@ async fn cycle_rotates_the_key_and_kills_the_old_one() {
 async fn browser_close_expiry_sends_a_session_cookie_but_the_server_still_expires_it() {
     let h = Harness::with(|c| c.session.max_age = 100).await;
     create(&h, r#"{"a":1}"#).await;
-    let r = h.client.post("/").reply("x-session-expiry", "0").send().await;
+    let r = h
+        .client
+        .post("/")
+        .reply("x-session-expiry", "0")
+        .send()
+        .await;
     let set = r.session_cookie().unwrap();
-    assert!(!set.contains("Max-Age") && !set.contains("Expires"), "{set}");
+    assert!(
+        !set.contains("Max-Age") && !set.contains("Expires"),
+        "{set}"
+    );
     h.clock.advance(99);
     h.client.get("/").send().await;
     assert!(!h.last_claims().new);
@@ -253,7 +333,12 @@ async fn expire_at_browser_close_setting_makes_session_cookies() {
     let r = h.client.post("/").update(r#"{"a":1}"#).send().await;
     let set = r.session_cookie().unwrap();
     assert!(!set.contains("Max-Age"), "{set}");
-    let r = h.client.post("/").reply("x-session-expiry", "60").send().await;
+    let r = h
+        .client
+        .post("/")
+        .reply("x-session-expiry", "60")
+        .send()
+        .await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=60"));
 }
 
@@ -261,7 +346,12 @@ async fn expire_at_browser_close_setting_makes_session_cookies() {
 async fn idle_expiry_is_honoured_to_the_second() {
     let h = Harness::start().await;
     create(&h, r#"{"a":1}"#).await;
-    let r = h.client.post("/").reply("x-session-expiry", "30").send().await;
+    let r = h
+        .client
+        .post("/")
+        .reply("x-session-expiry", "30")
+        .send()
+        .await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=30"));
     let set_at = h.clock.now();
     h.clock.advance(29);
@@ -282,8 +372,17 @@ async fn idle_expiry_is_honoured_to_the_second() {
 async fn default_expiry_restores_max_age() {
     let h = Harness::with(|c| c.session.max_age = 500).await;
     create(&h, r#"{"a":1}"#).await;
-    h.client.post("/").reply("x-session-expiry", "5").send().await;
-    let r = h.client.post("/").reply("x-session-expiry", "default").send().await;
+    h.client
+        .post("/")
+        .reply("x-session-expiry", "5")
+        .send()
+        .await;
+    let r = h
+        .client
+        .post("/")
+        .reply("x-session-expiry", "default")
+        .send()
+        .await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=500"));
 }
 
@@ -302,12 +401,24 @@ async fn server_errors_change_nothing() {
             .await;
         assert_eq!(r.status.as_str(), status);
         assert!(r.set_cookies().is_empty());
-        assert!(r.headers.keys().all(|k| !k.as_str().starts_with("x-session")));
+        assert!(
+            r.headers
+                .keys()
+                .all(|k| !k.as_str().starts_with("x-session"))
+        );
     }
-    assert_eq!(&*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data, r#"{"a":1}"#);
+    assert_eq!(
+        &*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data,
+        r#"{"a":1}"#
+    );
 
     let fresh = h.new_client();
-    fresh.post("/").header("x-reply-status", "500").update(r#"{"a":1}"#).send().await;
+    fresh
+        .post("/")
+        .header("x-reply-status", "500")
+        .update(r#"{"a":1}"#)
+        .send()
+        .await;
     assert_eq!(fresh.session_key(), None);
     assert_eq!(h.sessions().await, 1);
 }
@@ -317,11 +428,17 @@ async fn invalid_updates_give_502_and_apply_nothing() {
     let h = Harness::with(|c| c.session.max_bytes = 64).await;
     let key = create(&h, r#"{"a":1}"#).await;
     let bad: &[&[(&str, &str)]] = &[
-        &[("x-session-update", r#"{"b":2}"#), ("x-session-update", "{oops")],
+        &[
+            ("x-session-update", r#"{"b":2}"#),
+            ("x-session-update", "{oops"),
+        ],
         &[("x-session-update", "[1]")],
         &[("x-session-action", "logout")],
         &[("x-session-action", "flush"), ("x-session-expiry", "soon")],
-        &[("x-session-update", &format!(r#"{{"big":"{}"}}"#, "x".repeat(100)))],
+        &[(
+            "x-session-update",
+            &format!(r#"{{"big":"{}"}}"#, "x".repeat(100)),
+        )],
     ];
     for headers in bad {
         let mut req = h.client.post("/");
@@ -331,10 +448,21 @@ async fn invalid_updates_give_502_and_apply_nothing() {
         let r = req.send().await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{headers:?}");
         assert!(r.set_cookies().is_empty());
-        assert!(!r.body.contains("JSON") && r.body.len() < 80, "short body, details in the log: {}", r.body);
-        assert!(r.headers.keys().all(|k| !k.as_str().starts_with("x-session")));
+        assert!(
+            !r.body.contains("JSON") && r.body.len() < 80,
+            "short body, details in the log: {}",
+            r.body
+        );
+        assert!(
+            r.headers
+                .keys()
+                .all(|k| !k.as_str().starts_with("x-session"))
+        );
     }
-    assert_eq!(&*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data, r#"{"a":1}"#);
+    assert_eq!(
+        &*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data,
+        r#"{"a":1}"#
+    );
     assert_eq!(h.sessions().await, 1);
 }
 
@@ -342,12 +470,21 @@ async fn invalid_updates_give_502_and_apply_nothing() {
 async fn unknown_and_malformed_cookies_are_never_adopted() {
     let h = Harness::start().await;
     let unknown = SessionKey::generate().unwrap().encode();
-    for value in [unknown.as_str(), "garbage", "", "../../etc/passwd", &"A".repeat(5000)] {
+    for value in [
+        unknown.as_str(),
+        "garbage",
+        "",
+        "../../etc/passwd",
+        &"A".repeat(5000),
+    ] {
         let c = h.new_client();
         c.set_cookie("sessionid", value);
         let r = c.get("/").send().await;
         assert_eq!(r.status, 200);
-        assert!(r.set_cookies().is_empty(), "no write, no cookie for {value:.20}");
+        assert!(
+            r.set_cookies().is_empty(),
+            "no write, no cookie for {value:.20}"
+        );
         assert!(h.last_claims().new);
         c.post("/").update(r#"{"a":1}"#).send().await;
         let issued = c.session_key().unwrap();
@@ -361,8 +498,14 @@ async fn unknown_and_malformed_cookies_are_never_adopted() {
 #[tokio::test]
 async fn stale_cookie_with_flush_is_expired() {
     let h = Harness::start().await;
-    h.client.set_cookie("sessionid", &SessionKey::generate().unwrap().encode());
-    let r = h.client.post("/logout").reply("x-session-action", "flush").send().await;
+    h.client
+        .set_cookie("sessionid", &SessionKey::generate().unwrap().encode());
+    let r = h
+        .client
+        .post("/logout")
+        .reply("x-session-action", "flush")
+        .send()
+        .await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=0"));
     assert_eq!(h.sessions().await, 0);
 }
@@ -383,10 +526,18 @@ async fn save_every_request_refreshes_expiry_and_cookie() {
     h.client.get("/").send().await;
     assert!(!h.last_claims().new, "the refresh moved the expiry forward");
 
-    let r = h.client.get("/").header("x-reply-status", "502").send().await;
+    let r = h
+        .client
+        .get("/")
+        .header("x-reply-status", "502")
+        .send()
+        .await;
     assert!(r.set_cookies().is_empty(), "no refresh on 5xx");
     let anon = h.new_client();
-    assert!(anon.get("/").send().await.set_cookies().is_empty(), "no session, nothing to refresh");
+    assert!(
+        anon.get("/").send().await.set_cookies().is_empty(),
+        "no session, nothing to refresh"
+    );
 }
 
 #[tokio::test]
@@ -398,7 +549,12 @@ async fn concurrent_disjoint_updates_both_persist() {
     for i in 0..n {
         let c = h.client.clone();
         tasks.push(tokio::spawn(async move {
-            c.post("/").header("x-reply-gate", "go").update(&format!(r#"{{"k{i}":{i}}}"#)).send().await.status
+            c.post("/")
+                .header("x-reply-gate", "go")
+                .update(&format!(r#"{{"k{i}":{i}}}"#))
+                .send()
+                .await
+                .status
         }));
     }
     // Every request has read the session before any response is applied.
@@ -421,12 +577,22 @@ async fn concurrent_logout_interrupts_the_other_request() {
     let key = create(&h, r#"{"user":"ann"}"#).await;
     let slow = {
         let c = h.client.clone();
-        tokio::spawn(async move { c.post("/cart").header("x-reply-gate", "slow").update(r#"{"cart":[1]}"#).send().await })
+        tokio::spawn(async move {
+            c.post("/cart")
+                .header("x-reply-gate", "slow")
+                .update(r#"{"cart":[1]}"#)
+                .send()
+                .await
+        })
     };
     h.upstream.wait_for_requests(2).await;
     let other = h.new_client();
     other.set_cookie("sessionid", &key);
-    let r = other.post("/logout").reply("x-session-action", "flush").send().await;
+    let r = other
+        .post("/logout")
+        .reply("x-session-action", "flush")
+        .send()
+        .await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=0"));
     h.upstream.open_gate("slow");
     let r = slow.await.unwrap();
@@ -454,8 +620,17 @@ async fn vary_and_cache_control() {
     let h = Harness::start().await;
     let r = h.client.get("/").send().await;
     assert_eq!(r.headers["vary"], "Cookie");
-    assert!(r.headers.get("cache-control").is_none(), "no cookie written, caching left to the app");
-    let r = h.client.get("/").reply("vary", "Accept-Encoding").update(r#"{"a":1}"#).send().await;
+    assert!(
+        r.headers.get("cache-control").is_none(),
+        "no cookie written, caching left to the app"
+    );
+    let r = h
+        .client
+        .get("/")
+        .reply("vary", "Accept-Encoding")
+        .update(r#"{"a":1}"#)
+        .send()
+        .await;
     assert_eq!(r.headers["vary"], "Accept-Encoding, Cookie");
     assert_eq!(r.headers["cache-control"], "private");
     let r = h
@@ -500,13 +675,21 @@ async fn upstream_down_gives_502() {
     .await;
     let r = h.client.get("/").send().await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(!r.body.contains(&closed.to_string()), "no details to the client");
+    assert!(
+        !r.body.contains(&closed.to_string()),
+        "no details to the client"
+    );
 }
 
 #[tokio::test]
 async fn upstream_timeout_gives_504() {
     let h = Harness::with(|c| c.timeouts.upstream_response = 0.2).await;
-    let r = h.client.get("/").header("x-reply-gate", "never").send().await;
+    let r = h
+        .client
+        .get("/")
+        .header("x-reply-gate", "never")
+        .send()
+        .await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     h.upstream.open_gate("never");
 }
@@ -523,7 +706,11 @@ async fn store_failure_is_503_and_leaves_the_cookie_alone() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["retry-after"], "1");
     assert!(r.set_cookies().is_empty());
-    assert_eq!(h.upstream.requests().len(), before, "never forwarded as 'no session'");
+    assert_eq!(
+        h.upstream.requests().len(),
+        before,
+        "never forwarded as 'no session'"
+    );
     failing.fail(false);
     h.client.get("/").send().await;
     assert!(!h.last_claims().new);
@@ -538,7 +725,9 @@ mod common_store {
     use async_trait::async_trait;
     use sessionward::clock::SystemClock;
     use sessionward::session::memory::MemoryStore;
-    use sessionward::session::{Edit, KeyHash, Record, SessionStore, StoreError, UpdateError, Updated};
+    use sessionward::session::{
+        Edit, KeyHash, Record, SessionStore, StoreError, UpdateError, Updated,
+    };
 
     #[derive(Debug)]
     pub struct Failing {
@@ -581,7 +770,12 @@ mod common_store {
             self.check("create")?;
             self.inner.create(id, record).await
         }
-        async fn update(&self, id: &KeyHash, new_id: &KeyHash, edit: &Edit<'_>) -> Result<Updated, UpdateError> {
+        async fn update(
+            &self,
+            id: &KeyHash,
+            new_id: &KeyHash,
+            edit: &Edit<'_>,
+        ) -> Result<Updated, UpdateError> {
             self.check("update")?;
             self.inner.update(id, new_id, edit).await
         }
@@ -589,8 +783,8 @@ mod common_store {
             self.check("delete")?;
             self.inner.delete(id).await
         }
-        async fn len(&self) -> Result<u64, StoreError> {
-            self.inner.len().await
+        async fn count(&self) -> Result<u64, StoreError> {
+            self.inner.count().await
         }
     }
 }

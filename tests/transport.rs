@@ -25,18 +25,27 @@ fn streaming_upstream() -> common::Handler {
                 // Answers once the first request chunk arrived, before the body ends.
                 let mut body = req.into_body();
                 let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-                let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+                let (mut tx, rx) =
+                    http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
                 tokio::spawn(async move {
-                    let _ = tx.send_data(Bytes::from(format!("first chunk: {}\n", String::from_utf8_lossy(&first)))).await;
+                    let _ = tx
+                        .send_data(Bytes::from(format!(
+                            "first chunk: {}\n",
+                            String::from_utf8_lossy(&first)
+                        )))
+                        .await;
                     let mut rest = 0;
                     while let Some(Ok(frame)) = body.frame().await {
                         rest += frame.into_data().map(|d| d.len()).unwrap_or(0);
                     }
-                    let _ = tx.send_data(Bytes::from(format!("rest: {rest} bytes\n"))).await;
+                    let _ = tx
+                        .send_data(Bytes::from(format!("rest: {rest} bytes\n")))
+                        .await;
                 });
                 return Response::new(rx.boxed());
             }
-            let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+            let (mut tx, rx) =
+                http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
             tokio::spawn(async move {
                 let _ = tx.send_data(Bytes::from_static(b"one ")).await;
                 state.gate("rest").await;
@@ -49,33 +58,73 @@ fn streaming_upstream() -> common::Handler {
 
 #[tokio::test]
 async fn response_bodies_stream_without_buffering() {
-    let h = Harness::build(Upstream::with_handler(streaming_upstream()).await, |_| {}, None).await;
+    let h = Harness::build(
+        Upstream::with_handler(streaming_upstream()).await,
+        |_| {},
+        None,
+    )
+    .await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::get(format!("http://{}/stream", h.addr)).body(Full::default()).unwrap();
-    let resp = timeout(DEADLINE, client.request(req)).await.unwrap().unwrap();
+    let req = Request::get(format!("http://{}/stream", h.addr))
+        .body(Full::default())
+        .unwrap();
+    let resp = timeout(DEADLINE, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let mut body = resp.into_body();
-    let first = timeout(DEADLINE, body.frame()).await.expect("first chunk before the upstream finished").unwrap().unwrap();
+    let first = timeout(DEADLINE, body.frame())
+        .await
+        .expect("first chunk before the upstream finished")
+        .unwrap()
+        .unwrap();
     assert_eq!(first.into_data().unwrap(), "one ");
     h.upstream.open_gate("rest");
-    let rest = timeout(DEADLINE, body.collect()).await.unwrap().unwrap().to_bytes();
+    let rest = timeout(DEADLINE, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     assert_eq!(rest, "two");
 }
 
 #[tokio::test]
 async fn request_bodies_stream_without_buffering() {
-    let h = Harness::build(Upstream::with_handler(streaming_upstream()).await, |_| {}, None).await;
+    let h = Harness::build(
+        Upstream::with_handler(streaming_upstream()).await,
+        |_| {},
+        None,
+    )
+    .await;
     let client = Client::builder(TokioExecutor::new()).build_http::<UpBody>();
     let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
     tx.send_data(Bytes::from_static(b"hello")).await.unwrap();
-    let req = Request::post(format!("http://{}/upload", h.addr)).body(rx.boxed()).unwrap();
+    let req = Request::post(format!("http://{}/upload", h.addr))
+        .body(rx.boxed())
+        .unwrap();
     // The upstream answers after the first chunk while the client is still sending.
-    let resp = timeout(DEADLINE, client.request(req)).await.expect("upstream saw the first chunk").unwrap();
+    let resp = timeout(DEADLINE, client.request(req))
+        .await
+        .expect("upstream saw the first chunk")
+        .unwrap();
     let mut body = resp.into_body();
-    let first = timeout(DEADLINE, body.frame()).await.unwrap().unwrap().unwrap().into_data().unwrap();
+    let first = timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
     assert_eq!(first, "first chunk: hello\n");
-    tx.send_data(Bytes::from(vec![b'x'; 100_000])).await.unwrap();
+    tx.send_data(Bytes::from(vec![b'x'; 100_000]))
+        .await
+        .unwrap();
     drop(tx);
-    let rest = timeout(DEADLINE, body.collect()).await.unwrap().unwrap().to_bytes();
+    let rest = timeout(DEADLINE, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     assert_eq!(rest, "rest: 100000 bytes\n");
 }
 
@@ -97,7 +146,9 @@ fn websocket_upstream() -> common::Handler {
             }
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let mut io = TokioIo::new(upgraded);
                 let mut buf = [0u8; 1024];
                 // Echo, upper-cased, until the client closes.
@@ -124,7 +175,12 @@ fn websocket_upstream() -> common::Handler {
 
 #[tokio::test]
 async fn websocket_upgrade_tunnels_with_the_session_token() {
-    let h = Harness::build(Upstream::with_handler(websocket_upstream()).await, |_| {}, None).await;
+    let h = Harness::build(
+        Upstream::with_handler(websocket_upstream()).await,
+        |_| {},
+        None,
+    )
+    .await;
     let mut tcp = TcpStream::connect(h.addr).await.unwrap();
     tcp.write_all(
         b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -135,16 +191,25 @@ async fn websocket_upgrade_tunnels_with_the_session_token() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        timeout(DEADLINE, tcp.read_exact(&mut byte)).await.unwrap().unwrap();
+        timeout(DEADLINE, tcp.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: websocket") && head.contains("sec-websocket-accept"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("sec-websocket-accept"),
+        "{head}"
+    );
 
     tcp.write_all(b"hello tunnel").await.unwrap();
     let mut echoed = [0u8; 12];
-    timeout(DEADLINE, tcp.read_exact(&mut echoed)).await.unwrap().unwrap();
+    timeout(DEADLINE, tcp.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"HELLO TUNNEL");
 
     let rec = h.upstream.last();
@@ -157,12 +222,17 @@ async fn websocket_upgrade_tunnels_with_the_session_token() {
 #[tokio::test]
 async fn http2_prior_knowledge_clients_are_served() {
     let h = Harness::start().await;
-    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
     let req = Request::post(format!("http://{}/h2?x=1", h.addr))
         .header("x-reply-header", r#"x-session-update: {"via":"h2"}"#)
         .body(Full::new(Bytes::from_static(b"abc")))
         .unwrap();
-    let resp = timeout(DEADLINE, client.request(req)).await.unwrap().unwrap();
+    let resp = timeout(DEADLINE, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -171,7 +241,10 @@ async fn http2_prior_knowledge_clients_are_served() {
     assert_eq!(body, "received 3 bytes");
     let rec = h.upstream.last();
     let claims = h.claims_of(&rec);
-    assert_eq!((claims.method.as_str(), claims.path.as_str()), ("POST", "/h2?x=1"));
+    assert_eq!(
+        (claims.method.as_str(), claims.path.as_str()),
+        ("POST", "/h2?x=1")
+    );
     assert_eq!(rec.headers["x-forwarded-host"], h.addr.to_string());
     assert!(h.clock.now() > 0);
 }
@@ -203,16 +276,22 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "received 0 bytes");
-    timeout(DEADLINE, done).await.expect("server stopped after draining").unwrap();
+    timeout(DEADLINE, done)
+        .await
+        .expect("server stopped after draining")
+        .unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
     let mut h = Harness::with(|c| c.shutdown_grace = 0.2).await;
     let c = h.client.clone();
-    let stuck = tokio::spawn(async move { c.get("/stuck").header("x-reply-gate", "never").send().await });
+    let stuck =
+        tokio::spawn(async move { c.get("/stuck").header("x-reply-gate", "never").send().await });
     h.upstream.wait_for_requests(1).await;
     let server = h.server.take().unwrap();
-    timeout(DEADLINE, server.shutdown()).await.expect("shutdown returns after the grace period");
+    timeout(DEADLINE, server.shutdown())
+        .await
+        .expect("shutdown returns after the grace period");
     stuck.abort();
 }

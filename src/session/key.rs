@@ -94,7 +94,14 @@ mod tests {
     #[test]
     fn malformed_values_are_not_keys() {
         let good = SessionKey::generate().unwrap().encode();
-        for bad in ["", "abc", &good[1..], &format!("{good}A"), &good.replace(&good[..1], "+"), &"=".repeat(43)] {
+        for bad in [
+            "",
+            "abc",
+            &good[1..],
+            &format!("{good}A"),
+            &good.replace(&good[..1], "+"),
+            &"=".repeat(43),
+        ] {
             assert!(SessionKey::parse(bad).is_none(), "{bad:?}");
         }
         // 43 chars whose last one carries non-zero padding bits is not canonical.

@@ -9,7 +9,9 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::{ApplyError, Edit, KeyHash, Next, Record, SessionStore, StoreError, UpdateError, Updated};
+use super::{
+    ApplyError, Edit, KeyHash, Next, Record, SessionStore, StoreError, UpdateError, Updated,
+};
 use crate::clock::Clock;
 
 /// Sessions in this process only; lost on restart, not shared between replicas.
@@ -31,7 +33,12 @@ impl ExpireAt {
 }
 
 impl moka::Expiry<KeyHash, Arc<Record>> for ExpireAt {
-    fn expire_after_create(&self, _: &KeyHash, value: &Arc<Record>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &KeyHash,
+        value: &Arc<Record>,
+        _: Instant,
+    ) -> Option<Duration> {
         self.remaining(value)
     }
 
@@ -75,36 +82,49 @@ impl SessionStore for MemoryStore {
         Ok(record)
     }
 
-    async fn update(&self, id: &KeyHash, new_id: &KeyHash, edit: &Edit<'_>) -> Result<Updated, UpdateError> {
+    async fn update(
+        &self,
+        id: &KeyHash,
+        new_id: &KeyHash,
+        edit: &Edit<'_>,
+    ) -> Result<Updated, UpdateError> {
         let now = self.clock.now();
         let mut outcome = Updated::Gone;
-        self.cache.entry(*id).and_try_compute_with(|entry| -> Result<Op<Arc<Record>>, ApplyError> {
-            let Some(current) = entry.map(|e| e.into_value()) else {
-                return Ok(Op::Nop);
-            };
-            if current.is_expired(now) {
-                return Ok(Op::Remove);
-            }
-            Ok(match edit(&current)? {
-                Next::Nothing => {
-                    outcome = Updated::Saved(current);
-                    Op::Nop
+        self.cache.entry(*id).and_try_compute_with(
+            |entry| -> Result<Op<Arc<Record>>, ApplyError> {
+                let Some(current) = entry.map(|e| e.into_value()) else {
+                    return Ok(Op::Nop);
+                };
+                if current.is_expired(now) {
+                    return Ok(Op::Remove);
                 }
-                Next::Save { record, rekey: false } => {
-                    let record = Arc::new(record);
-                    outcome = Updated::Saved(record.clone());
-                    Op::Put(record)
-                }
-                Next::Save { record, rekey: true } => {
-                    outcome = Updated::Moved(Arc::new(record));
-                    Op::Remove
-                }
-                Next::Delete => {
-                    outcome = Updated::Deleted;
-                    Op::Remove
-                }
-            })
-        })?;
+                Ok(match edit(&current)? {
+                    Next::Nothing => {
+                        outcome = Updated::Saved(current);
+                        Op::Nop
+                    }
+                    Next::Save {
+                        record,
+                        rekey: false,
+                    } => {
+                        let record = Arc::new(record);
+                        outcome = Updated::Saved(record.clone());
+                        Op::Put(record)
+                    }
+                    Next::Save {
+                        record,
+                        rekey: true,
+                    } => {
+                        outcome = Updated::Moved(Arc::new(record));
+                        Op::Remove
+                    }
+                    Next::Delete => {
+                        outcome = Updated::Deleted;
+                        Op::Remove
+                    }
+                })
+            },
+        )?;
         if let Updated::Moved(record) = &outcome {
             // The old key is already gone; the new one is unknown to anybody else yet.
             self.cache.insert(*new_id, record.clone());
@@ -116,7 +136,7 @@ impl SessionStore for MemoryStore {
         Ok(self.cache.remove(id).is_some())
     }
 
-    async fn len(&self) -> Result<u64, StoreError> {
+    async fn count(&self) -> Result<u64, StoreError> {
         self.cache.run_pending_tasks();
         Ok(self.cache.entry_count())
     }

@@ -180,7 +180,12 @@ pub fn apply(
         data = match doc {
             Value::Object(map) => Some(map),
             // Unreachable with object patches, which the protocol parser guarantees.
-            other => return Err(ApplyError::Corrupt(format!("merge produced {}", kind_of(&other)))),
+            other => {
+                return Err(ApplyError::Corrupt(format!(
+                    "merge produced {}",
+                    kind_of(&other)
+                )));
+            }
         };
     }
     let text = data.map(|map| Value::Object(map).to_string());
@@ -285,13 +290,18 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Atomically runs `edit` on the current live record under `id` and stores
     /// its result: in place, moved to `new_id` (the old key dies in the same
     /// step), or deleted. Returns [`Updated::Gone`] when there is no live record.
-    async fn update(&self, id: &KeyHash, new_id: &KeyHash, edit: &Edit<'_>) -> Result<Updated, UpdateError>;
+    async fn update(
+        &self,
+        id: &KeyHash,
+        new_id: &KeyHash,
+        edit: &Edit<'_>,
+    ) -> Result<Updated, UpdateError>;
 
     /// Deletes the session under `id`; true if there was one.
     async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError>;
 
     /// Number of live sessions (approximate for caching stores).
-    async fn len(&self) -> Result<u64, StoreError>;
+    async fn count(&self) -> Result<u64, StoreError>;
 }
 
 #[cfg(test)]
@@ -331,15 +341,26 @@ mod tests {
 
     #[test]
     fn no_session_and_no_data_stores_nothing() {
-        let next = apply(None, &changes(Some(Action::Cycle), Some(Expiry::Idle(5)), &[]), &POLICY, 50);
+        let next = apply(
+            None,
+            &changes(Some(Action::Cycle), Some(Expiry::Idle(5)), &[]),
+            &POLICY,
+            50,
+        );
         assert_eq!(next.unwrap(), Next::Nothing);
-        let next = apply(None, &changes(None, None, &[json!({"a": null})]), &POLICY, 50);
+        let next = apply(
+            None,
+            &changes(None, None, &[json!({"a": null})]),
+            &POLICY,
+            50,
+        );
         assert_eq!(next.unwrap(), Next::Nothing);
     }
 
     #[test]
     fn first_update_creates_with_default_lifetime() {
-        let (r, rekey) = saved(apply(None, &changes(None, None, &[json!({"a": 1})]), &POLICY, 50).unwrap());
+        let (r, rekey) =
+            saved(apply(None, &changes(None, None, &[json!({"a": 1})]), &POLICY, 50).unwrap());
         assert_eq!(&*r.data, r#"{"a":1}"#);
         assert_eq!((r.created_at, r.expires_at, rekey), (50, 150, false));
     }
@@ -362,7 +383,12 @@ mod tests {
     #[test]
     fn emptied_session_is_deleted() {
         let cur = record(r#"{"a":1}"#);
-        let next = apply(Some(&cur), &changes(None, None, &[json!({"a": null})]), &POLICY, 50);
+        let next = apply(
+            Some(&cur),
+            &changes(None, None, &[json!({"a": null})]),
+            &POLICY,
+            50,
+        );
         assert_eq!(next.unwrap(), Next::Delete);
     }
 
@@ -374,7 +400,16 @@ mod tests {
         let (r, rekey) = saved(apply(Some(&cur), &c, &POLICY, 50).unwrap());
         assert_eq!(&*r.data, r#"{"flash":"bye"}"#);
         assert_eq!((r.expiry, r.created_at, rekey), (Expiry::Default, 50, true));
-        assert_eq!(apply(Some(&cur), &changes(Some(Action::Flush), None, &[]), &POLICY, 50).unwrap(), Next::Delete);
+        assert_eq!(
+            apply(
+                Some(&cur),
+                &changes(Some(Action::Flush), None, &[]),
+                &POLICY,
+                50
+            )
+            .unwrap(),
+            Next::Delete
+        );
     }
 
     #[test]
@@ -390,10 +425,29 @@ mod tests {
     #[test]
     fn expiry_sets_lifetime_and_touch_refreshes() {
         let cur = record(r#"{"a":1}"#);
-        let (r, _) = saved(apply(Some(&cur), &changes(None, Some(Expiry::Idle(30)), &[]), &POLICY, 50).unwrap());
+        let (r, _) = saved(
+            apply(
+                Some(&cur),
+                &changes(None, Some(Expiry::Idle(30)), &[]),
+                &POLICY,
+                50,
+            )
+            .unwrap(),
+        );
         assert_eq!((r.expires_at, r.expiry), (80, Expiry::Idle(30)));
-        let (r, _) = saved(apply(Some(&cur), &changes(None, Some(Expiry::BrowserClose), &[]), &POLICY, 50).unwrap());
-        assert_eq!(r.expires_at, 150, "browser-close sessions still die after max_age");
+        let (r, _) = saved(
+            apply(
+                Some(&cur),
+                &changes(None, Some(Expiry::BrowserClose), &[]),
+                &POLICY,
+                50,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            r.expires_at, 150,
+            "browser-close sessions still die after max_age"
+        );
         let (r, _) = saved(apply(Some(&cur), &Changes::default(), &POLICY, 60).unwrap());
         assert_eq!((r.expires_at, &*r.data), (160, r#"{"a":1}"#));
     }
@@ -408,13 +462,22 @@ mod tests {
     #[test]
     fn corrupt_stored_data_is_an_error_not_a_reset() {
         let cur = record("[1]");
-        let err = apply(Some(&cur), &changes(None, None, &[json!({"a": 1})]), &POLICY, 0).unwrap_err();
+        let err = apply(
+            Some(&cur),
+            &changes(None, None, &[json!({"a": 1})]),
+            &POLICY,
+            0,
+        )
+        .unwrap_err();
         assert!(matches!(err, ApplyError::Corrupt(_)));
     }
 
     #[test]
     fn browser_session_cookie_rules() {
-        let p = Policy { expire_at_browser_close: true, ..POLICY };
+        let p = Policy {
+            expire_at_browser_close: true,
+            ..POLICY
+        };
         assert!(p.is_browser_session(Expiry::Default));
         assert!(!p.is_browser_session(Expiry::Idle(5)));
         assert!(POLICY.is_browser_session(Expiry::BrowserClose));

@@ -55,8 +55,14 @@ pub struct Recorded {
 }
 
 /// An async handler the upstream runs for each request after recording it.
-pub type Handler =
-    Arc<dyn Fn(Request<Incoming>, Arc<UpstreamState>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            Arc<UpstreamState>,
+        ) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// State shared by the upstream and the test.
 #[derive(Default)]
@@ -104,7 +110,9 @@ impl Upstream {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 let handler = handler.clone();
                 tokio::spawn(async move {
@@ -114,7 +122,11 @@ impl Upstream {
                         async move {
                             st.requests.lock().unwrap().push(Recorded {
                                 method: req.method().clone(),
-                                path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
                                 headers: req.headers().clone(),
                             });
                             st.arrived.notify_waiters();
@@ -138,7 +150,9 @@ impl Upstream {
 
     /// The last request received.
     pub fn last(&self) -> Recorded {
-        self.requests().pop().expect("the upstream received no request")
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
     }
 
     /// Waits until at least `n` requests have arrived.
@@ -177,14 +191,22 @@ pub async fn echo_reply(req: Request<Incoming>, state: Arc<UpstreamState>) -> Re
     if let Some(gate) = headers.get("x-reply-gate") {
         state.gate(gate.to_str().unwrap()).await;
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut resp = Response::new(full(format!("received {} bytes", body.len())));
     if let Some(s) = headers.get("x-reply-status") {
         *resp.status_mut() = StatusCode::from_bytes(s.as_bytes()).unwrap();
     }
     for h in headers.get_all("x-reply-header") {
         // Raw UTF-8 is allowed: apps do send it in header values.
-        let (name, value) = std::str::from_utf8(h.as_bytes()).unwrap().split_once(':').unwrap();
+        let (name, value) = std::str::from_utf8(h.as_bytes())
+            .unwrap()
+            .split_once(':')
+            .unwrap();
         resp.headers_mut().append(
             HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
             HeaderValue::from_bytes(value.trim().as_bytes()).unwrap(),
@@ -245,7 +267,9 @@ impl Harness {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = store.unwrap_or_else(|| sessionward::build_store(&config, clock.clone()));
         let proxy = Proxy::new(&config, store.clone(), clock.clone()).unwrap();
-        let server = Server::start(config.listen, Arc::new(proxy), config.shutdown_grace).await.unwrap();
+        let server = Server::start(config.listen, Arc::new(proxy), config.shutdown_grace)
+            .await
+            .unwrap();
         let addr = server.local_addr();
         Harness {
             signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
@@ -266,13 +290,20 @@ impl Harness {
 
     /// Verifies the token of one recorded request.
     pub fn claims_of(&self, rec: &Recorded) -> VerifiedClaims {
-        let token = rec.headers.get("x-session").expect("no token upstream").to_str().unwrap();
-        self.signer.verify(token, self.clock.now()).expect("token verifies")
+        let token = rec
+            .headers
+            .get("x-session")
+            .expect("no token upstream")
+            .to_str()
+            .unwrap();
+        self.signer
+            .verify(token, self.clock.now())
+            .expect("token verifies")
     }
 
     /// Live sessions in the store.
     pub async fn sessions(&self) -> u64 {
-        self.store.len().await.unwrap()
+        self.store.count().await.unwrap()
     }
 
     /// A second client with its own cookie jar.
@@ -304,12 +335,18 @@ pub struct Reply {
 impl Reply {
     /// All `Set-Cookie` values.
     pub fn set_cookies(&self) -> Vec<String> {
-        self.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
     }
 
     /// The `Set-Cookie` for the session cookie, if any.
     pub fn session_cookie(&self) -> Option<String> {
-        self.set_cookies().into_iter().find(|c| c.starts_with("sessionid="))
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with("sessionid="))
     }
 }
 
@@ -337,7 +374,9 @@ impl Client {
     pub fn request(&self, method: Method, path: &str) -> Req {
         Req {
             client: self.clone(),
-            builder: Request::builder().method(method).uri(format!("http://{}{}", self.base, path)),
+            builder: Request::builder()
+                .method(method)
+                .uri(format!("http://{}{}", self.base, path)),
             body: Bytes::new(),
             use_jar: true,
         }
@@ -419,7 +458,11 @@ impl Req {
             .expect("response in time")
             .expect("request sent");
         let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(DEADLINE, body.collect()).await.expect("body in time").unwrap().to_bytes();
+        let body = tokio::time::timeout(DEADLINE, body.collect())
+            .await
+            .expect("body in time")
+            .unwrap()
+            .to_bytes();
         if self.use_jar {
             self.client.store_cookies(&parts.headers);
         }
