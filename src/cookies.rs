@@ -110,14 +110,13 @@ impl CookieWriter {
     pub fn set(&self, key: &SessionKey, record: &Record, policy: &Policy, now: i64) -> HeaderValue {
         let mut cookie = self.base(key.encode());
         if !policy.is_browser_session(record.expiry) {
-            cookie = cookie
-                .max_age(Duration::seconds(
-                    record.expires_at.saturating_sub(now).max(0),
-                ))
-                .expires(
-                    OffsetDateTime::from_unix_timestamp(record.expires_at)
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                );
+            cookie = cookie.max_age(Duration::seconds(
+                record.expires_at.saturating_sub(now).max(0),
+            ));
+            // Past year 9999 there is no HTTP date; Max-Age alone still governs.
+            if let Ok(at) = OffsetDateTime::from_unix_timestamp(record.expires_at) {
+                cookie = cookie.expires(at);
+            }
         }
         to_header(cookie)
     }
@@ -254,6 +253,20 @@ mod tests {
         ] {
             assert!(s.contains(attr), "{attr} missing from {s}");
         }
+    }
+
+    #[test]
+    fn far_future_expiry_keeps_max_age_and_drops_expires() {
+        let key = SessionKey::generate().unwrap();
+        let record = Record {
+            data: "{}".into(),
+            created_at: 0,
+            expires_at: i64::MAX / 2,
+            expiry: Expiry::Idle(i64::MAX as u64 / 2),
+        };
+        let s = writer(None).set(&key, &record, &POLICY, 0);
+        let s = s.to_str().unwrap();
+        assert!(s.contains("Max-Age=") && !s.contains("Expires"), "{s}");
     }
 
     #[test]
