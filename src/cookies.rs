@@ -22,27 +22,33 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
     let mut found: Option<String> = None;
     let mut rebuilt: Vec<HeaderValue> = Vec::new();
     let mut changed = false;
+    // Bytes, not text: one non-ASCII byte elsewhere in the header must not
+    // make us forward the session key untouched.
     for value in headers.get_all(COOKIE) {
-        let Ok(text) = value.to_str() else {
-            rebuilt.push(value.clone());
-            continue;
-        };
-        let mut kept: Vec<&str> = Vec::new();
-        for pair in text.split(';') {
-            let pair = pair.trim();
-            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if n.trim() == name {
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let (n, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            if n.trim_ascii() == name.as_bytes() {
                 changed = true;
                 if found.is_none() {
-                    found = Some(v.trim().trim_matches('"').to_string());
+                    let v = v.trim_ascii();
+                    let v = v
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v);
+                    found = Some(String::from_utf8_lossy(v).into_owned());
                 }
             } else if !pair.is_empty() {
                 kept.push(pair);
             }
         }
         if !kept.is_empty() {
-            // Joined from parts of a valid header value, so it is valid too.
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            // Parts of a valid header value joined by "; " are valid too.
+            if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
                 rebuilt.push(v);
             }
         }
@@ -193,6 +199,20 @@ mod tests {
             Some("ONE")
         );
         assert!(h.get(COOKIE).is_none());
+    }
+
+    #[test]
+    fn non_ascii_bytes_elsewhere_do_not_let_the_key_through() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes("sessionid=KEY; t=\u{e9}".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            take_session_cookie(&mut h, "sessionid").as_deref(),
+            Some("KEY")
+        );
+        assert_eq!(h[COOKIE].as_bytes(), "t=\u{e9}".as_bytes());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use http::header::{HeaderMap, HeaderName, InvalidHeaderName};
 use serde_json::Value;
+use tracing::warn;
 
 use crate::session::{Action, Changes, Expiry};
 
@@ -39,8 +40,15 @@ impl HeaderNames {
         &self.prefix
     }
 
+    /// Header names are lowercase here; `_` counts as `-` because CGI, PHP
+    /// and WSGI read `X_Session` and `X-Session` as the same variable.
     fn matches(&self, name: &HeaderName) -> bool {
-        name.as_str().starts_with(&*self.prefix)
+        let name = name.as_str().as_bytes();
+        name.len() >= self.prefix.len()
+            && name
+                .iter()
+                .zip(self.prefix.as_bytes())
+                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
     }
 }
 
@@ -123,6 +131,11 @@ pub fn take_changes(
         return Ok(Changes::default());
     }
     let parsed = parse_changes(headers, names);
+    for name in headers.keys().filter(|n| names.matches(n)) {
+        if ![&names.token, &names.action, &names.expiry, &names.update].contains(&name) {
+            warn!(header = %name, "unknown session header from upstream ignored");
+        }
+    }
     strip_prefixed(headers, names);
     parsed
 }
