@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "defaults::shutdown_grace", deserialize_with = "lenient")]
     pub shutdown_grace: f64,
+    /// Worker threads; 0 means one per CPU.
+    #[serde(default, deserialize_with = "lenient")]
+    pub workers: i64,
 }
 
 impl Default for RawConfig {
@@ -66,6 +69,7 @@ impl Default for RawConfig {
             headers: RawHeaders::default(),
             timeouts: RawTimeouts::default(),
             shutdown_grace: defaults::shutdown_grace(),
+            workers: 0,
         }
     }
 }
@@ -364,6 +368,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Worker threads, each with its own listener and upstream pool.
+    pub workers: usize,
 }
 
 // ---------------------------------------------------------------------------
@@ -709,6 +715,17 @@ impl TryFrom<RawConfig> for Config {
                 .seconds("timeouts.upstream_response", raw.timeouts.upstream_response),
         };
         let shutdown_grace = c.seconds("shutdown_grace", raw.shutdown_grace);
+        let workers = match raw.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n @ 1..=1024 => n as usize,
+            n => {
+                c.fail(
+                    "workers",
+                    format!("must be 0 (one per CPU) to 1024, got {n}"),
+                );
+                1
+            }
+        };
 
         match (c.0.is_empty(), listen, upstream) {
             (true, Some(listen), Some(upstream)) => Ok(Config {
@@ -721,6 +738,7 @@ impl TryFrom<RawConfig> for Config {
                 header_prefix: prefix,
                 timeouts,
                 shutdown_grace,
+                workers,
             }),
             _ => Err(ConfigError::Invalid(c.0)),
         }

@@ -51,14 +51,9 @@ pub enum DemoError {
         /// The address asked for.
         addr: SocketAddr,
     },
-    /// The proxy's address could not be bound for another reason.
-    #[error("cannot listen on {addr}: {error}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The OS error.
-        error: io::Error,
-    },
+    /// The proxy could not start for another reason.
+    #[error(transparent)]
+    Start(StartError),
     /// The demo app's ephemeral port could not be bound.
     #[error("cannot start the demo app on 127.0.0.1: {0}")]
     App(io::Error),
@@ -110,11 +105,7 @@ impl Demo {
                 StartError::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
                     DemoError::AddrInUse { addr }
                 }
-                StartError::Bind { addr, source } => DemoError::Bind {
-                    addr,
-                    error: source,
-                },
-                StartError::Proxy(e) => DemoError::Proxy(e),
+                other => DemoError::Start(other),
             })?;
 
         let app = Arc::new(App {

@@ -31,31 +31,11 @@ pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Arc<dyn SessionSto
     }
 }
 
-/// Starts a proxy for `config`: binds, builds the store and serves. The
+pub use server::StartError;
+
+/// Starts a proxy for `config`: builds the store, binds and serves. The
 /// returned server knows its bound address (port 0 resolves here).
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<server::Server, StartError> {
     let store = build_store(config, clock.clone());
-    let proxy = proxy::Proxy::new(config, store, clock)?;
-    server::Server::start(config.listen, Arc::new(proxy), config.shutdown_grace)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })
-}
-
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The proxy could not be built.
-    #[error(transparent)]
-    Proxy(#[from] error::ProxyError),
+    server::Server::start(config, store, clock)
 }

@@ -1,4 +1,10 @@
 //! Binding, accepting and graceful shutdown.
+//!
+//! One worker thread per core, each with its own single-threaded runtime, its
+//! own `SO_REUSEPORT` listener on the shared address and its own upstream
+//! connection pool (the nginx and Envoy model): a connection and its upstream
+//! requests never change threads, so there is no work stealing and no
+//! cross-thread wake-up on the request path. The session store is shared.
 
 use std::convert::Infallible;
 use std::io;
@@ -10,19 +16,42 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, warn};
 
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::ProxyError;
 use crate::proxy::{Peer, Proxy};
+use crate::session::SessionStore;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread")]
+    Thread(#[source] io::Error),
+    /// The proxy could not be built.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
 
 /// A running server: its bound address and the handle to stop it.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    workers: Vec<oneshot::Receiver<()>>,
 }
 
 /// Ends a running server from elsewhere (a signal handler, a test).
@@ -37,24 +66,45 @@ impl StopHandle {
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port) and starts serving `proxy`.
-    pub async fn start(addr: SocketAddr, proxy: Arc<Proxy>, grace: Duration) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Self::serve(listener, proxy, grace))
-    }
+    /// Binds `config.listen` (port 0 picks a free port) once per worker and
+    /// starts serving; returns once every listener is bound.
+    pub fn start(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server, StartError> {
+        let bind_error = |source| StartError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let first = bind(config.listen).map_err(bind_error)?;
+        let local_addr = first.local_addr().map_err(bind_error)?;
+        let mut listeners = vec![first];
+        for _ in 1..config.workers {
+            listeners.push(bind(local_addr).map_err(bind_error)?);
+        }
 
-    /// Serves `proxy` on an already bound listener.
-    pub fn serve(listener: TcpListener, proxy: Arc<Proxy>, grace: Duration) -> Server {
-        let local_addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, proxy, grace, stopped));
-        Server {
+        let mut workers = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let proxy = Arc::new(Proxy::new(config, store.clone(), clock.clone())?);
+            let (done, finished) = oneshot::channel();
+            let stopped = stopped.clone();
+            let grace = config.shutdown_grace;
+            std::thread::Builder::new()
+                .name(format!("sessionward-{i}"))
+                .spawn(move || {
+                    run_worker(listener, proxy, grace, stopped);
+                    let _ = done.send(());
+                })
+                .map_err(StartError::Thread)?;
+            workers.push(finished);
+        }
+        Ok(Server {
             local_addr,
             stop,
-            task,
-        }
+            workers,
+        })
     }
 
     /// The address clients connect to.
@@ -70,13 +120,53 @@ impl Server {
     /// Stops accepting and waits for in-flight requests (bounded by the grace period).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.wait().await;
     }
 
-    /// Waits until the server has stopped (after a [`StopHandle::stop`]).
+    /// Waits until every worker has stopped (after a [`StopHandle::stop`]).
     pub async fn wait(self) {
-        let _ = self.task.await;
+        for worker in self.workers {
+            // An error means the worker thread is gone already.
+            let _ = worker.await;
+        }
     }
+}
+
+/// A listening socket that other workers can bind too (`SO_REUSEPORT`): the
+/// kernel spreads new connections across them.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    grace: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept_loop(listener, proxy, grace, stopped).await,
+            Err(e) => error!(error = %e, "cannot register the listener"),
+        }
+    });
 }
 
 async fn accept_loop(
@@ -122,9 +212,9 @@ async fn accept_loop(
     }
     drop(listener);
     let open = graceful.count();
-    info!(open_connections = open, grace = ?grace, "stopped accepting; draining");
+    debug!(open_connections = open, grace = ?grace, "stopped accepting; draining");
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections drained"),
+        _ = graceful.shutdown() => debug!("all connections drained"),
         _ = tokio::time::sleep(grace) => warn!("grace period over with connections still open; closing them"),
     }
 }

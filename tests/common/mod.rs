@@ -21,7 +21,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessionward::clock::{Clock, ManualClock, SystemClock};
 use sessionward::config::{Config, RawConfig};
-use sessionward::proxy::Proxy;
 use sessionward::server::Server;
 use sessionward::session::SessionStore;
 use sessionward::token::{Signer, VerifiedClaims};
@@ -266,10 +265,7 @@ impl Harness {
         let config = Config::try_from(raw).expect("test config is valid");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = store.unwrap_or_else(|| sessionward::build_store(&config, clock.clone()));
-        let proxy = Proxy::new(&config, store.clone(), clock.clone()).unwrap();
-        let server = Server::start(config.listen, Arc::new(proxy), config.shutdown_grace)
-            .await
-            .unwrap();
+        let server = Server::start(&config, store.clone(), clock.clone()).unwrap();
         let addr = server.local_addr();
         Harness {
             signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
