@@ -27,13 +27,28 @@ use crate::upstream::Upstream;
 /// Body of every response sessionward sends: the upstream's, streamed, or its own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-/// Where a downstream connection comes from.
-#[derive(Debug, Clone, Copy)]
+/// Where a downstream connection comes from; built once per connection.
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// The client's socket address.
     pub addr: SocketAddr,
     /// Whether the client connected over TLS.
     pub tls: bool,
+    /// The client's IP as an `X-Forwarded-For` value, formatted once.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// A peer connected from `addr`.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            addr,
+            tls,
+            forwarded_for,
+        }
+    }
 }
 
 /// The session a request arrived with.
@@ -119,7 +134,9 @@ impl Proxy {
     /// Handles one downstream request; failures become short error responses.
     pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Shares the request's bytes; no copy unless something is logged.
+        let path = req.uri().path_and_query().cloned();
+        let path = tracing::field::display(DisplayPath(path));
         match self.pipeline(req, peer).await {
             Ok(resp) => {
                 debug!(%method, path, status = resp.status().as_u16(), "proxied");
@@ -210,7 +227,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         let token = self.sign_token(req, session);
-        *req.uri_mut() = self.upstream.uri_for(req.uri().path_and_query())?;
+        *req.uri_mut() = self.upstream.uri_for(req.uri())?;
         *req.version_mut() = Version::HTTP_11;
 
         let h = req.headers_mut();
@@ -219,10 +236,7 @@ impl Proxy {
             h.insert(header::HOST, host);
         }
         // No trusted proxies yet: whatever the client claimed is replaced.
-        h.remove(X_FORWARDED_FOR);
-        if let Ok(ip) = HeaderValue::from_str(&peer.addr.ip().to_string()) {
-            h.insert(X_FORWARDED_FOR, ip);
-        }
+        h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
         h.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
@@ -347,6 +361,16 @@ impl Proxy {
         if !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
+    }
+}
+
+/// Logs a request path without copying it up front.
+struct DisplayPath(Option<http::uri::PathAndQuery>);
+
+impl std::fmt::Display for DisplayPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The path only: queries may carry tokens that do not belong in logs.
+        f.write_str(self.0.as_ref().map_or("/", |p| p.path()))
     }
 }
 

@@ -194,10 +194,11 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer { addr, tls: false };
+        let peer = Peer::new(addr, false);
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
+            let peer = peer.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
         let conn = builder

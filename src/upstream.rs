@@ -44,13 +44,18 @@ impl Upstream {
         }
     }
 
-    /// The upstream URI for a downstream request's path and query.
-    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query.map_or("/", PathAndQuery::as_str))
-            .build()
+    /// The upstream URI for a downstream request's path and query (shared, not copied).
+    pub fn uri_for(&self, downstream: &Uri) -> Result<Uri, ProxyError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            downstream
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))
     }
 

@@ -1,6 +1,7 @@
 //! The in-memory store: a bounded moka cache, least recently used sessions go
 //! first when full. Per-key atomicity comes from moka's `and_compute_with`.
 
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,15 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{
-    ApplyError, Edit, KeyHash, Next, Record, SessionStore, StoreError, UpdateError, Updated,
+    ApplyError, Edit, KeyHash, KeyHasher, Next, Record, SessionStore, StoreError, UpdateError,
+    Updated,
 };
 use crate::clock::Clock;
 
 /// Sessions in this process only; lost on restart, not shared between replicas.
 #[derive(Debug)]
 pub struct MemoryStore {
-    cache: Cache<KeyHash, Arc<Record>>,
+    cache: Cache<KeyHash, Arc<Record>, BuildHasherDefault<KeyHasher>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -61,7 +63,7 @@ impl MemoryStore {
             // TinyLFU may refuse a brand-new entry; a session just created must stick.
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(ExpireAt(clock.clone()))
-            .build();
+            .build_with_hasher(BuildHasherDefault::default());
         Self { cache, clock }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-pub use key::{KeyHash, SessionKey};
+pub use key::{KeyHash, KeyHasher, SessionKey};
 
 /// Serialized session data: always a JSON object, kept as text so it can be
 /// embedded in a token without serializing it again.
