@@ -5,7 +5,7 @@ use http::header::{HeaderMap, HeaderName, InvalidHeaderName};
 use serde_json::Value;
 use tracing::warn;
 
-use crate::session::{Action, Changes, Expiry};
+use crate::session::{Action, Changes, Expiry, json_kind};
 
 /// The protocol's header names for one prefix `P`.
 #[derive(Debug, Clone)]
@@ -226,19 +226,8 @@ fn clip(s: &str) -> String {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::HeaderValue;
     use serde_json::json;
@@ -247,7 +236,8 @@ mod tests {
         HeaderNames::new("X-Session").unwrap()
     }
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from name/value pairs, in order; shared with other modules' tests.
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(

@@ -494,16 +494,7 @@ mod tests {
         HeaderNames::new("x-session").unwrap()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::protocol::tests::map as headers;
 
     #[test]
     fn inbound_strip_removes_forgeries_and_hop_by_hop() {

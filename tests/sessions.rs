@@ -101,7 +101,7 @@ async fn update_headers_never_reach_the_client() {
         .client
         .get("/")
         .update(r#"{"a":1}"#)
-        .reply("x-session-expiry", "60")
+        .expiry("60")
         .reply("x-session-debug", "internal")
         .reply("X-Session", "echoed-token")
         .send()
@@ -158,13 +158,7 @@ async fn sessions_are_lazy() {
     let h = Harness::start().await;
     let r = h.client.get("/").send().await;
     assert!(r.set_cookies().is_empty());
-    let r = h
-        .client
-        .get("/")
-        .update("{}")
-        .reply("x-session-expiry", "30")
-        .send()
-        .await;
+    let r = h.client.get("/").update("{}").expiry("30").send().await;
     assert!(
         r.set_cookies().is_empty(),
         "an empty session is never stored"
@@ -224,12 +218,7 @@ async fn merge_patch_semantics_through_the_proxy() {
 async fn flush_deletes_the_session_and_expires_the_cookie() {
     let h = Harness::start().await;
     let key = create(&h, r#"{"user":"ann"}"#).await;
-    let r = h
-        .client
-        .post("/logout")
-        .reply("x-session-action", "flush")
-        .send()
-        .await;
+    let r = h.client.post("/logout").action("flush").send().await;
     let set = r.session_cookie().expect("cookie deleted");
     assert!(
         set.contains("Max-Age=0") && set.contains("Path=/") && set.contains("SameSite=Lax"),
@@ -259,7 +248,7 @@ async fn flush_then_update_leaves_a_flash_under_a_new_key() {
     let old = create(&h, r#"{"user":"ann"}"#).await;
     h.client
         .post("/logout")
-        .reply("x-session-action", "flush")
+        .action("flush")
         .update(r#"{"flash":"bye"}"#)
         .send()
         .await;
@@ -283,7 +272,7 @@ async fn cycle_rotates_the_key_and_kills_the_old_one() {
     };
     h.client
         .post("/login")
-        .reply("x-session-action", "cycle")
+        .action("cycle")
         .update(r#"{"user_id":7}"#)
         .send()
         .await;
@@ -308,12 +297,7 @@ async fn cycle_rotates_the_key_and_kills_the_old_one() {
 async fn browser_close_expiry_sends_a_session_cookie_but_the_server_still_expires_it() {
     let h = Harness::with(|c| c.session.max_age = 100).await;
     create(&h, r#"{"a":1}"#).await;
-    let r = h
-        .client
-        .post("/")
-        .reply("x-session-expiry", "0")
-        .send()
-        .await;
+    let r = h.client.post("/").expiry("0").send().await;
     let set = r.session_cookie().unwrap();
     assert!(
         !set.contains("Max-Age") && !set.contains("Expires"),
@@ -333,12 +317,7 @@ async fn expire_at_browser_close_setting_makes_session_cookies() {
     let r = h.client.post("/").update(r#"{"a":1}"#).send().await;
     let set = r.session_cookie().unwrap();
     assert!(!set.contains("Max-Age"), "{set}");
-    let r = h
-        .client
-        .post("/")
-        .reply("x-session-expiry", "60")
-        .send()
-        .await;
+    let r = h.client.post("/").expiry("60").send().await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=60"));
 }
 
@@ -346,12 +325,7 @@ async fn expire_at_browser_close_setting_makes_session_cookies() {
 async fn idle_expiry_is_honoured_to_the_second() {
     let h = Harness::start().await;
     create(&h, r#"{"a":1}"#).await;
-    let r = h
-        .client
-        .post("/")
-        .reply("x-session-expiry", "30")
-        .send()
-        .await;
+    let r = h.client.post("/").expiry("30").send().await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=30"));
     let set_at = h.clock.now();
     h.clock.advance(29);
@@ -372,17 +346,8 @@ async fn idle_expiry_is_honoured_to_the_second() {
 async fn default_expiry_restores_max_age() {
     let h = Harness::with(|c| c.session.max_age = 500).await;
     create(&h, r#"{"a":1}"#).await;
-    h.client
-        .post("/")
-        .reply("x-session-expiry", "5")
-        .send()
-        .await;
-    let r = h
-        .client
-        .post("/")
-        .reply("x-session-expiry", "default")
-        .send()
-        .await;
+    h.client.post("/").expiry("5").send().await;
+    let r = h.client.post("/").expiry("default").send().await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=500"));
 }
 
@@ -396,7 +361,7 @@ async fn server_errors_change_nothing() {
             .post("/")
             .header("x-reply-status", status)
             .update(r#"{"a":2}"#)
-            .reply("x-session-action", "flush")
+            .action("flush")
             .send()
             .await;
         assert_eq!(r.status.as_str(), status);
@@ -500,12 +465,7 @@ async fn stale_cookie_with_flush_is_expired() {
     let h = Harness::start().await;
     h.client
         .set_cookie("sessionid", &SessionKey::generate().unwrap().encode());
-    let r = h
-        .client
-        .post("/logout")
-        .reply("x-session-action", "flush")
-        .send()
-        .await;
+    let r = h.client.post("/logout").action("flush").send().await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=0"));
     assert_eq!(h.sessions().await, 0);
 }
@@ -588,11 +548,7 @@ async fn concurrent_logout_interrupts_the_other_request() {
     h.upstream.wait_for_requests(2).await;
     let other = h.new_client();
     other.set_cookie("sessionid", &key);
-    let r = other
-        .post("/logout")
-        .reply("x-session-action", "flush")
-        .send()
-        .await;
+    let r = other.post("/logout").action("flush").send().await;
     assert!(r.session_cookie().unwrap().contains("Max-Age=0"));
     h.upstream.open_gate("slow");
     let r = slow.await.unwrap();

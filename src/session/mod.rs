@@ -183,7 +183,7 @@ pub fn apply(
             other => {
                 return Err(ApplyError::Corrupt(format!(
                     "merge produced {}",
-                    kind_of(&other)
+                    json_kind(&other)
                 )));
             }
         };
@@ -223,12 +223,13 @@ pub fn apply(
 fn parse_data(text: &str) -> Result<Map<String, Value>, ApplyError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(ApplyError::Corrupt(format!("found {}", kind_of(&other)))),
+        Ok(other) => Err(ApplyError::Corrupt(format!("found {}", json_kind(&other)))),
         Err(e) => Err(ApplyError::Corrupt(e.to_string())),
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// "an array", "a string"...: what a JSON value is, for error messages.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

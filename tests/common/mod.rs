@@ -426,6 +426,16 @@ impl Req {
         self.reply("x-session-update", json)
     }
 
+    /// Asks the echo upstream to send `x-session-action`.
+    pub fn action(self, action: &str) -> Self {
+        self.reply("x-session-action", action)
+    }
+
+    /// Asks the echo upstream to send `x-session-expiry`.
+    pub fn expiry(self, expiry: &str) -> Self {
+        self.reply("x-session-expiry", expiry)
+    }
+
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
