@@ -54,6 +54,19 @@ pub struct RawConfig {
     /// Worker threads; 0 means one per CPU.
     #[serde(default, deserialize_with = "lenient")]
     pub workers: i64,
+    /// TLS termination; absent means plain HTTP.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// `tls:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 impl Default for RawConfig {
@@ -70,6 +83,7 @@ impl Default for RawConfig {
             timeouts: RawTimeouts::default(),
             shutdown_grace: defaults::shutdown_grace(),
             workers: 0,
+            tls: None,
         }
     }
 }
@@ -370,6 +384,28 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Worker threads, each with its own listener and upstream pool.
     pub workers: usize,
+    /// TLS termination, loaded and checked.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A loaded TLS certificate and key.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Where the certificate chain was read from.
+    pub cert: std::path::PathBuf,
+    /// Where the key was read from.
+    pub key: std::path::PathBuf,
+    /// The rustls configuration built from them.
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -715,6 +751,19 @@ impl TryFrom<RawConfig> for Config {
                 .seconds("timeouts.upstream_response", raw.timeouts.upstream_response),
         };
         let shutdown_grace = c.seconds("shutdown_grace", raw.shutdown_grace);
+        let tls = raw.tls.as_ref().and_then(|t| {
+            let (cert, key) = (
+                std::path::PathBuf::from(&t.cert),
+                std::path::PathBuf::from(&t.key),
+            );
+            match crate::tls::server_config(&cert, &key) {
+                Ok(server) => Some(TlsConfig { cert, key, server }),
+                Err(message) => {
+                    c.fail("tls", message);
+                    None
+                }
+            }
+        });
         let workers = match raw.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n @ 1..=1024 => n as usize,
@@ -739,6 +788,7 @@ impl TryFrom<RawConfig> for Config {
                 timeouts,
                 shutdown_grace,
                 workers,
+                tls,
             }),
             _ => Err(ConfigError::Invalid(c.0)),
         }

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 

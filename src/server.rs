@@ -15,10 +15,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
 use crate::clock::Clock;
@@ -91,10 +93,14 @@ impl Server {
             let (done, finished) = oneshot::channel();
             let stopped = stopped.clone();
             let grace = config.shutdown_grace;
+            let tls = config
+                .tls
+                .as_ref()
+                .map(|t| TlsAcceptor::from(t.server.clone()));
             std::thread::Builder::new()
                 .name(format!("sessionward-{i}"))
                 .spawn(move || {
-                    run_worker(listener, proxy, grace, stopped);
+                    run_worker(listener, proxy, tls, grace, stopped);
                     let _ = done.send(());
                 })
                 .map_err(StartError::Thread)?;
@@ -148,6 +154,7 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 fn run_worker(
     listener: std::net::TcpListener,
     proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
     grace: Duration,
     stopped: watch::Receiver<bool>,
 ) {
@@ -163,15 +170,19 @@ fn run_worker(
     };
     runtime.block_on(async move {
         match TcpListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, proxy, grace, stopped).await,
+            Ok(listener) => accept_loop(listener, proxy, tls, grace, stopped).await,
             Err(e) => error!(error = %e, "cannot register the listener"),
         }
     });
 }
 
+/// How long a client gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
     grace: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -194,22 +205,23 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer::new(addr, false);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "connection ended with an error");
+        let (proxy, builder, watcher) = (proxy.clone(), builder.clone(), graceful.watcher());
+        match &tls {
+            None => serve_connection(stream, Peer::new(addr, false), proxy, builder, watcher),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, Peer::new(addr, true), proxy, builder, watcher)
+                        }
+                        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
             }
-        });
+        }
     }
     drop(listener);
     let open = graceful.count();
@@ -218,6 +230,31 @@ async fn accept_loop(
         _ = graceful.shutdown() => debug!("all connections drained"),
         _ = tokio::time::sleep(grace) => warn!("grace period over with connections still open; closing them"),
     }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on one
+/// connection, tracked for graceful shutdown.
+fn serve_connection<I>(
+    io: I,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    tokio::spawn(async move {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            debug!(%addr, error = %e, "connection ended with an error");
+        }
+    });
 }
 
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {

@@ -1,0 +1,201 @@
+//! TLS termination: HTTP/1.1 and HTTP/2 (ALPN) over rustls, the app told
+//! `X-Forwarded-Proto: https`, and bad key material refused at config time.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{DEADLINE, Harness, Upstream};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use sessionward::config::{Config, RawTls};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+struct Cert {
+    dir: PathBuf,
+    cert_pem: String,
+}
+
+impl Cert {
+    fn generate(tag: &str) -> Cert {
+        let dir =
+            std::env::temp_dir().join(format!("sessionward-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = ck.cert.pem();
+        std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        Cert { dir, cert_pem }
+    }
+
+    fn raw(&self) -> RawTls {
+        RawTls {
+            cert: path(&self.dir.join("cert.pem")),
+            key: path(&self.dir.join("key.pem")),
+        }
+    }
+
+    async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+                    .unwrap(),
+            )
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        timeout(
+            DEADLINE,
+            TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .unwrap()
+        .expect("TLS handshake")
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn http1_over_tls_reaches_the_app_as_https() {
+    let cert = Cert::generate("h1");
+    let h = Harness::build(
+        Upstream::start().await,
+        |c| {
+            c.tls = Some(cert.raw());
+            c.cookie.secure = true;
+        },
+        None,
+    )
+    .await;
+    let tls = cert.connect(h.addr, b"http/1.1").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/secure?x=1")
+        .header("host", "app.example")
+        .header("x-reply-header", r#"x-session-update: {"tls":true}"#)
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = timeout(DEADLINE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("sessionid=") && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let rec = h.upstream.last();
+    assert_eq!(rec.headers["x-forwarded-proto"], "https");
+    assert_eq!(h.claims_of(&rec).path, "/secure?x=1");
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_with_alpn() {
+    let cert = Cert::generate("h2");
+    let h = Harness::build(Upstream::start().await, |c| c.tls = Some(cert.raw()), None).await;
+    let tls = cert.connect(h.addr, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/h2")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = timeout(DEADLINE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "received 0 bytes");
+    assert_eq!(h.upstream.last().headers["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn plain_http_on_a_tls_port_is_refused_and_the_server_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = Cert::generate("plain");
+    let h = Harness::build(Upstream::start().await, |c| c.tls = Some(cert.raw()), None).await;
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = timeout(DEADLINE, tcp.read_to_end(&mut buf)).await.unwrap();
+    assert!(!buf.starts_with(b"HTTP/1.1 200"));
+    assert!(h.upstream.requests().is_empty());
+    let tls = cert.connect(h.addr, b"http/1.1").await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "x")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+}
+
+#[test]
+fn unreadable_or_mismatched_key_material_is_a_config_error() {
+    let cert = Cert::generate("bad");
+    let other = Cert::generate("other");
+    let cases = [
+        RawTls {
+            cert: "/nonexistent/cert.pem".into(),
+            key: cert.raw().key,
+        },
+        RawTls {
+            cert: cert.raw().key,
+            key: cert.raw().key,
+        },
+        RawTls {
+            cert: cert.raw().cert,
+            key: other.raw().key,
+        },
+    ];
+    for tls in cases {
+        let mut raw = common::raw_config("127.0.0.1:1".parse().unwrap());
+        raw.tls = Some(tls.clone());
+        let err = Config::try_from(raw).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.path, "tls", "{tls:?}");
+        assert!(!p.message.is_empty());
+    }
+}
