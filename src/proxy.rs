@@ -98,6 +98,7 @@ pub struct Proxy {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -235,8 +236,11 @@ impl Proxy {
             h.insert(X_FORWARDED_HOST, host.clone());
             h.insert(header::HOST, host);
         }
-        // No trusted proxies yet: whatever the client claimed is replaced.
+        // No trusted proxies yet: whatever the client claimed about itself is
+        // replaced, and the other spellings of the same claims are dropped.
         h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+        h.remove(header::FORWARDED);
+        h.remove(X_REAL_IP);
         h.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if peer.tls { "https" } else { "http" }),

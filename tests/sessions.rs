@@ -606,12 +606,15 @@ async fn forwarding_headers_are_set_and_client_values_replaced() {
         .get("/")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=6.6.6.6;proto=https")
+        .header("x-real-ip", "6.6.6.6")
         .header("host", "app.example:8443")
         .send()
         .await;
     let rec = h.upstream.last();
     assert_eq!(rec.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(rec.headers["x-forwarded-proto"], "http");
+    assert!(rec.headers.get("forwarded").is_none() && rec.headers.get("x-real-ip").is_none());
     assert_eq!(rec.headers["x-forwarded-host"], "app.example:8443");
     assert_eq!(rec.headers["host"], "app.example:8443");
 }
