@@ -187,7 +187,7 @@ impl Default for RawMemoryStore {
 }
 
 /// `signing:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSigning {
     /// HMAC secret (required).
@@ -195,6 +195,19 @@ pub struct RawSigning {
     /// Seconds a token stays valid.
     #[serde(deserialize_with = "lenient")]
     pub token_ttl: i64,
+}
+
+impl fmt::Debug for RawSigning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = self
+            .secret
+            .as_ref()
+            .map(|s| format!("<{} bytes redacted>", s.len()));
+        f.debug_struct("RawSigning")
+            .field("secret", &secret)
+            .field("token_ttl", &self.token_ttl)
+            .finish()
+    }
 }
 
 impl Default for RawSigning {
@@ -1084,6 +1097,10 @@ mod tests {
     fn secret_debug_is_redacted() {
         let s = Secret::new(SECRET);
         assert!(!format!("{s:?}").contains("0123"));
+        let raw = RawConfig::from_yaml(&minimal(""), &env(&[])).unwrap();
+        assert!(!format!("{raw:?}").contains("0123"), "{raw:?}");
+        let config = Config::try_from(raw).unwrap();
+        assert!(!format!("{config:?}").contains("0123"));
     }
 
     impl ConfigError {

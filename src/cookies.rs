@@ -10,22 +10,21 @@ use crate::session::{Policy, Record, SessionKey};
 /// Removes the session cookie from the request's `Cookie` header(s), keeping
 /// every other cookie byte for byte, and returns its value. `None` when the
 /// client sent no session cookie; the first one wins if it sent several.
+/// Several `Cookie` fields (HTTP/2 sends one per cookie) are joined into one
+/// with "; ", as RFC 9113 8.2.3 asks of a proxy forwarding to HTTP/1.1.
 pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
-    // Fast path: most requests either have no cookies or not ours.
-    if !headers
-        .get_all(COOKIE)
-        .iter()
-        .any(|v| memfind(v.as_bytes(), name.as_bytes()))
-    {
+    let mut fields = headers.get_all(COOKIE).iter();
+    let first = fields.next()?;
+    let several = fields.next().is_some();
+    // Fast path: one Cookie field that does not mention our name.
+    if !several && !memfind(first.as_bytes(), name.as_bytes()) {
         return None;
     }
     let mut found: Option<String> = None;
-    let mut rebuilt: Vec<HeaderValue> = Vec::new();
-    let mut changed = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
     // Bytes, not text: one non-ASCII byte elsewhere in the header must not
     // make us forward the session key untouched.
     for value in headers.get_all(COOKIE) {
-        let mut kept: Vec<&[u8]> = Vec::new();
         for pair in value.as_bytes().split(|&b| b == b';') {
             let pair = pair.trim_ascii();
             let (n, v) = match pair.iter().position(|&b| b == b'=') {
@@ -33,7 +32,6 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
                 None => (pair, &b""[..]),
             };
             if n.trim_ascii() == name.as_bytes() {
-                changed = true;
                 if found.is_none() {
                     let v = v.trim_ascii();
                     let v = v
@@ -46,18 +44,14 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
                 kept.push(pair);
             }
         }
-        if !kept.is_empty() {
-            // Parts of a valid header value joined by "; " are valid too.
-            if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
-                rebuilt.push(v);
-            }
-        }
     }
-    if changed {
-        headers.remove(COOKIE);
-        for v in rebuilt {
-            headers.append(COOKIE, v);
-        }
+    // Parts of valid header values joined by "; " make a valid value.
+    let joined = (!kept.is_empty())
+        .then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok())
+        .flatten();
+    headers.remove(COOKIE);
+    if let Some(v) = joined {
+        headers.insert(COOKIE, v);
     }
     found
 }
@@ -213,6 +207,19 @@ mod tests {
             Some("KEY")
         );
         assert_eq!(h[COOKIE].as_bytes(), "t=\u{e9}".as_bytes());
+    }
+
+    #[test]
+    fn several_cookie_fields_are_joined_into_one() {
+        let mut h = headers(&["a=1", "b=2"]);
+        assert_eq!(take_session_cookie(&mut h, "sessionid"), None);
+        assert_eq!(cookie_values(&h), vec!["a=1; b=2"]);
+        let mut h = headers(&["a=1", "sessionid=K", "b=2"]);
+        assert_eq!(
+            take_session_cookie(&mut h, "sessionid").as_deref(),
+            Some("K")
+        );
+        assert_eq!(cookie_values(&h), vec!["a=1; b=2"]);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A method sessionward never forwards (CONNECT).
+    #[error("method {0} is not forwarded")]
+    MethodNotAllowed(http::Method),
     /// Something on our side that should not fail did (the OS RNG).
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Protocol(_) | ProxyError::Apply(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionInterrupted | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -75,6 +79,7 @@ impl ProxyError {
             }
             ProxyError::SessionInterrupted => "session was interrupted by a concurrent request\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::MethodNotAllowed(_) => "method not allowed\n",
             ProxyError::Internal(_) => "internal error\n",
         }
     }
@@ -126,6 +131,7 @@ mod tests {
             ),
             (ProxyError::SessionInterrupted, 400),
             (ProxyError::BadRequest("x".into()), 400),
+            (ProxyError::MethodNotAllowed(http::Method::CONNECT), 405),
             (ProxyError::Internal("rng".into()), 500),
         ];
         for (err, status) in table {

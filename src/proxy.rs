@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, error, warn};
 
+use crate::body::Relayed;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::cookies::{self, CookieWriter};
@@ -25,7 +26,7 @@ use crate::token::{Claims, Signer};
 use crate::upstream::Upstream;
 
 /// Body of every response sessionward sends: the upstream's, streamed, or its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Relayed, Full<Bytes>>;
 
 /// Where a downstream connection comes from; built once per connection.
 #[derive(Debug, Clone)]
@@ -53,27 +54,29 @@ impl Peer {
 
 /// The session a request arrived with.
 #[derive(Debug)]
-pub struct Resolved {
+struct Resolved {
     /// The client sent a session cookie, valid or not.
-    pub cookie_sent: bool,
+    cookie_sent: bool,
     /// The stored session it names, if it is live.
-    pub live: Option<Live>,
+    live: Option<Live>,
 }
 
 /// A live session found in the store.
 #[derive(Debug)]
-pub struct Live {
+struct Live {
     /// The key from the cookie.
-    pub key: SessionKey,
+    key: SessionKey,
+    /// The key as the cookie spelled it (the canonical encoding).
+    cookie: String,
     /// Its hash, the store's index.
-    pub id: KeyHash,
+    id: KeyHash,
     /// The record as read at the start of the request.
-    pub record: Arc<Record>,
+    record: Arc<Record>,
 }
 
 /// What the response must do with the session cookie.
 #[derive(Debug, PartialEq)]
-pub enum CookieChange {
+enum CookieChange {
     /// Leave the client's cookie alone.
     Keep,
     /// Set (or refresh) the cookie to this key for this record.
@@ -85,7 +88,7 @@ pub enum CookieChange {
 /// The proxy: configuration, store, signer and upstream client.
 #[derive(Debug)]
 pub struct Proxy {
-    names: HeaderNames,
+    names: Arc<HeaderNames>,
     cookies: CookieWriter,
     policy: Policy,
     save_every_request: bool,
@@ -112,7 +115,7 @@ impl Proxy {
         let names = HeaderNames::new(&config.header_prefix)
             .map_err(|e| ProxyError::Internal(format!("header prefix: {e}")))?;
         Ok(Self {
-            names,
+            names: Arc::new(names),
             cookies: CookieWriter::new(config.cookie.clone()),
             policy: Policy {
                 max_age: config.session.max_age,
@@ -125,11 +128,6 @@ impl Proxy {
             upstream: Upstream::new(&config.upstream, config.timeouts),
             clock,
         })
-    }
-
-    /// The store this proxy writes to.
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
     }
 
     /// Handles one downstream request; failures become short error responses.
@@ -162,38 +160,47 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: Peer,
     ) -> Result<Response<Body>, ProxyError> {
-        let upgrade = strip_inbound_headers(req.headers_mut(), &self.names);
+        // One reading of the clock per request: token, store and cookie agree.
+        let now = self.clock.now();
+        refuse_unsupported(&req)?;
+        let version = req.version();
+        let upgrade = strip_inbound_headers(req.headers_mut(), &self.names, version);
         let cookie = cookies::take_session_cookie(req.headers_mut(), self.cookies.name());
-        let session = self.resolve_session(cookie.as_deref()).await?;
-        self.build_upstream_request(&mut req, &session, peer)?;
-        let downstream_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
+        let session = self.resolve_session(cookie).await?;
+        self.build_upstream_request(&mut req, &session, &peer, now)?;
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let mut resp = self.upstream.send(req).await?;
+        let names = self.names.clone();
+        let mut resp = self
+            .upstream
+            .send(req.map(|b| Relayed::new(b, names)))
+            .await?;
 
         let switching =
             resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
         strip_hop_by_hop(resp.headers_mut(), switching);
         let status = resp.status();
         let changes = take_update_headers(resp.headers_mut(), &self.names, status)?;
-        let change = self.apply_changes(&session, &changes, status).await?;
-        self.set_cookie(resp.headers_mut(), change);
+        let change = self.apply_changes(&session, &changes, status, now).await?;
+        self.set_cookie(resp.headers_mut(), change, now);
 
         if let (true, Some(downstream)) = (switching, downstream_upgrade) {
             tunnel(downstream, hyper::upgrade::on(&mut resp));
         }
-        Ok(resp.map(Either::Left))
+        let names = self.names.clone();
+        Ok(resp.map(|b| Either::Left(Relayed::new(b, names))))
     }
 
     /// Looks the cookie up. Malformed, unknown and expired cookies are no
     /// session; a store failure is an error, never "no session".
-    pub async fn resolve_session(&self, cookie: Option<&str>) -> Result<Resolved, ProxyError> {
+    async fn resolve_session(&self, cookie: Option<String>) -> Result<Resolved, ProxyError> {
         let Some(value) = cookie else {
             return Ok(Resolved {
                 cookie_sent: false,
                 live: None,
             });
         };
-        let Some(key) = SessionKey::parse(value) else {
+        let Some(key) = SessionKey::parse(&value) else {
             debug!("malformed session cookie ignored");
             return Ok(Resolved {
                 cookie_sent: true,
@@ -201,11 +208,12 @@ impl Proxy {
             });
         };
         let id = key.hash();
-        let live = self
-            .store
-            .load(&id)
-            .await?
-            .map(|record| Live { key, id, record });
+        let live = self.store.load(&id).await?.map(|record| Live {
+            key,
+            cookie: value,
+            id,
+            record,
+        });
         if live.is_none() {
             debug!(session = %id, "unknown or expired session cookie ignored");
         }
@@ -216,18 +224,19 @@ impl Proxy {
     }
 
     /// Points the request at the upstream and adds the forwarding headers and the signed token.
-    pub fn build_upstream_request<B>(
+    fn build_upstream_request<B>(
         &self,
         req: &mut Request<B>,
         session: &Resolved,
-        peer: Peer,
+        peer: &Peer,
+        now: i64,
     ) -> Result<(), ProxyError> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let token = self.sign_token(req, session);
+        let token = self.sign_token(req, session, now);
         *req.uri_mut() = self.upstream.uri_for(req.uri())?;
         *req.version_mut() = Version::HTTP_11;
 
@@ -251,14 +260,14 @@ impl Proxy {
         Ok(())
     }
 
-    fn sign_token<B>(&self, req: &Request<B>, session: &Resolved) -> String {
+    fn sign_token<B>(&self, req: &Request<B>, session: &Resolved, now: i64) -> String {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let sid;
         let claims = match &session.live {
             Some(live) => {
-                sid = self.signer.sid(&live.key);
+                sid = self.signer.sid(&live.cookie);
                 Claims {
-                    iat: self.clock.now(),
+                    iat: now,
                     sid: Some(&sid),
                     new: false,
                     data: &live.record.data,
@@ -268,7 +277,7 @@ impl Proxy {
                 }
             }
             None => Claims {
-                iat: self.clock.now(),
+                iat: now,
                 sid: None,
                 new: true,
                 data: session::EMPTY_DATA,
@@ -282,16 +291,16 @@ impl Proxy {
 
     /// Persists what the upstream asked for, atomically against the session as
     /// it is in the store now. 5xx responses change nothing.
-    pub async fn apply_changes(
+    async fn apply_changes(
         &self,
         session: &Resolved,
         changes: &Changes,
         status: StatusCode,
+        now: i64,
     ) -> Result<CookieChange, ProxyError> {
         if status.is_server_error() {
             return Ok(CookieChange::Keep);
         }
-        let now = self.clock.now();
         let Some(live) = &session.live else {
             if changes.is_empty() {
                 return Ok(CookieChange::Keep);
@@ -344,7 +353,7 @@ impl Proxy {
 
     /// Writes the session cookie, `Vary: Cookie` and `Cache-Control: private`;
     /// the upstream's own `Set-Cookie` for our name is dropped.
-    pub fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange) {
+    fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange, now: i64) {
         let dropped = cookies::drop_upstream_session_cookies(headers, self.cookies.name());
         if dropped > 0 {
             warn!(
@@ -355,10 +364,7 @@ impl Proxy {
         add_vary_cookie(headers);
         let value = match change {
             CookieChange::Keep => return,
-            CookieChange::Set(key, record) => {
-                self.cookies
-                    .set(&key, &record, &self.policy, self.clock.now())
-            }
+            CookieChange::Set(key, record) => self.cookies.set(&key, &record, &self.policy, now),
             CookieChange::Delete => self.cookies.delete(),
         };
         headers.append(header::SET_COOKIE, value);
@@ -383,25 +389,45 @@ fn new_key() -> Result<SessionKey, ProxyError> {
         .ok_or_else(|| ProxyError::Internal("the OS random generator failed".into()))
 }
 
+/// Refuses what a reverse proxy for one app has no business forwarding:
+/// CONNECT would turn sessionward into a tunnel to anywhere.
+fn refuse_unsupported<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+    }
+    Ok(())
+}
+
 /// Removes the client's protocol headers and the hop-by-hop headers. Returns
-/// the `Upgrade` protocol when the client asks for one (its headers are kept).
-pub fn strip_inbound_headers(headers: &mut HeaderMap, names: &HeaderNames) -> Option<HeaderValue> {
-    let upgrade = wants_upgrade(headers);
-    strip_hop_by_hop(headers, upgrade.is_some());
+/// whether the client asks for a WebSocket upgrade (its headers are kept).
+/// Other upgrades (h2c above all) are stripped: a raw tunnel to the app
+/// would bypass the token and the header protocol for everything after it.
+pub fn strip_inbound_headers(
+    headers: &mut HeaderMap,
+    names: &HeaderNames,
+    version: Version,
+) -> bool {
+    let upgrade = has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket");
+    // An HTTP/1.1 upstream sends trailers only when asked; HTTP/2 clients
+    // always take them, HTTP/1.1 clients say so with `TE: trailers`.
+    let trailers = version == Version::HTTP_2 || has_token(headers, header::TE, "trailers");
+    strip_hop_by_hop(headers, upgrade);
     protocol::strip_prefixed(headers, names);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     upgrade
 }
 
-fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_says_upgrade = headers
-        .get_all(header::CONNECTION)
+/// Whether a comma-separated header holds `token` (any case).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_says_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`; with
@@ -426,7 +452,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
     ] {
         headers.remove(name);
@@ -508,18 +533,19 @@ mod tests {
             ("connection", "keep-alive, x-custom"),
             ("x-custom", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "gzip, trailers"),
             ("accept", "*/*"),
         ]);
-        assert_eq!(strip_inbound_headers(&mut h, &names()), None);
+        assert!(!strip_inbound_headers(&mut h, &names(), Version::HTTP_11));
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["accept"]);
+        assert_eq!(left, vec!["accept", "te"]);
+        assert_eq!(h["te"], "trailers", "only the trailers token survives");
     }
 
     #[test]
     fn connection_naming_the_token_header_cannot_keep_a_forgery() {
         let mut h = headers(&[("connection", "x-session"), ("x-session", "forged")]);
-        strip_inbound_headers(&mut h, &names());
+        strip_inbound_headers(&mut h, &names(), Version::HTTP_11);
         assert!(h.get("x-session").is_none());
     }
 
@@ -530,10 +556,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
         ]);
-        assert_eq!(
-            strip_inbound_headers(&mut h, &names()).unwrap(),
-            "websocket"
-        );
+        assert!(strip_inbound_headers(&mut h, &names(), Version::HTTP_11));
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "k");
@@ -542,8 +565,19 @@ mod tests {
     #[test]
     fn upgrade_header_without_connection_upgrade_is_dropped() {
         let mut h = headers(&[("upgrade", "websocket")]);
-        assert_eq!(strip_inbound_headers(&mut h, &names()), None);
+        assert!(!strip_inbound_headers(&mut h, &names(), Version::HTTP_11));
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_kept() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        assert!(!strip_inbound_headers(&mut h, &names(), Version::HTTP_11));
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Binding, accepting and graceful shutdown.
 //!
-//! One worker thread per core, each with its own single-threaded runtime, its
-//! own `SO_REUSEPORT` listener on the shared address and its own upstream
-//! connection pool (the nginx and Envoy model): a connection and its upstream
-//! requests never change threads, so there is no work stealing and no
-//! cross-thread wake-up on the request path. The session store is shared.
+//! One worker thread per core, each with its own single-threaded runtime
+//! accepting from the one listening socket, and its own upstream connection
+//! pool (the nginx and Envoy model): a connection and its upstream requests
+//! never change threads, so there is no work stealing and no cross-thread
+//! wake-up on the request path. The session store is shared.
+//!
+//! The socket is bound once and shared (not `SO_REUSEPORT`): a second
+//! instance on the same port must fail to start, not silently split the
+//! traffic and, with the memory store, the sessions.
 
 use std::convert::Infallible;
 use std::io;
@@ -79,12 +83,13 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let first = bind(config.listen).map_err(bind_error)?;
-        let local_addr = first.local_addr().map_err(bind_error)?;
-        let mut listeners = vec![first];
+        let listener = bind(config.listen).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let mut listeners = Vec::with_capacity(config.workers);
         for _ in 1..config.workers {
-            listeners.push(bind(local_addr).map_err(bind_error)?);
+            listeners.push(listener.try_clone().map_err(bind_error)?);
         }
+        listeners.push(listener);
 
         let (stop, stopped) = watch::channel(false);
         let mut workers = Vec::with_capacity(listeners.len());
@@ -138,13 +143,11 @@ impl Server {
     }
 }
 
-/// A listening socket that other workers can bind too (`SO_REUSEPORT`): the
-/// kernel spreads new connections across them.
+/// The listening socket, with a backlog sized for bursts of new connections.
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Rebinding right after a restart must not wait for TIME_WAIT to clear.
     socket.set_reuse_address(true)?;
-    #[cfg(unix)]
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

@@ -13,7 +13,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::Secret;
-use crate::session::SessionKey;
 
 /// `iss` of every token.
 pub const ISSUER: &str = "sessionward";
@@ -104,11 +103,12 @@ impl Signer {
     }
 
     /// The session id the upstream sees: base64url of the first 16 bytes of
-    /// HMAC-SHA256(secret, "sid:" + key as in the cookie).
-    pub fn sid(&self, key: &SessionKey) -> String {
+    /// HMAC-SHA256(secret, "sid:" + key as in the cookie). Takes the cookie
+    /// text because that is what the request already holds.
+    pub fn sid(&self, cookie_key: &str) -> String {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(b"sid:");
-        ctx.update(key.encode().as_bytes());
+        ctx.update(cookie_key.as_bytes());
         URL_SAFE_NO_PAD.encode(&ctx.sign().as_ref()[..16])
     }
 
@@ -183,6 +183,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionKey;
 
     fn signer() -> Signer {
         Signer::new(&Secret::new("k".repeat(32)), 60)
@@ -253,11 +254,12 @@ mod tests {
         let s = signer();
         let k1 = SessionKey::generate().unwrap();
         let k2 = SessionKey::generate().unwrap();
+        let (k1, k2) = (k1.encode(), k2.encode());
         assert_eq!(s.sid(&k1), s.sid(&k1));
         assert_ne!(s.sid(&k1), s.sid(&k2));
         assert_eq!(s.sid(&k1).len(), 22);
         let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &[b'k'; 32]));
-        mac.update(format!("sid:{}", k1.encode()).as_bytes());
+        mac.update(format!("sid:{k1}").as_bytes());
         assert_eq!(
             s.sid(&k1),
             URL_SAFE_NO_PAD.encode(&mac.sign().as_ref()[..16])

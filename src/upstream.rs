@@ -10,13 +10,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::Relayed;
 use crate::config::Timeouts;
 use crate::error::ProxyError;
 
 /// A pooled HTTP/1.1 client bound to one upstream.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Relayed>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     timeouts: Timeouts,
@@ -60,7 +61,7 @@ impl Upstream {
     }
 
     /// Sends the request and waits for the response headers; the body streams later.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, req: Request<Relayed>) -> Result<Response<Incoming>, ProxyError> {
         let limit = self.timeouts.upstream_response;
         match tokio::time::timeout(limit, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),

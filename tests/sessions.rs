@@ -224,6 +224,10 @@ async fn flush_deletes_the_session_and_expires_the_cookie() {
         set.contains("Max-Age=0") && set.contains("Path=/") && set.contains("SameSite=Lax"),
         "{set}"
     );
+    assert_eq!(
+        r.headers["cache-control"], "private",
+        "a deleted cookie is not cached either"
+    );
     assert_eq!(h.client.session_key(), None);
     assert_eq!(h.sessions().await, 0);
 
@@ -493,6 +497,16 @@ async fn save_every_request_refreshes_expiry_and_cookie() {
         .send()
         .await;
     assert!(r.set_cookies().is_empty(), "no refresh on 5xx");
+    let r = h
+        .client
+        .get("/missing")
+        .header("x-reply-status", "404")
+        .send()
+        .await;
+    assert!(
+        r.session_cookie().is_some(),
+        "4xx responses refresh, as in Django"
+    );
     let anon = h.new_client();
     assert!(
         anon.get("/").send().await.set_cookies().is_empty(),
@@ -746,4 +760,27 @@ mod common_store {
             self.inner.count().await
         }
     }
+}
+
+#[tokio::test]
+async fn a_session_expiring_during_the_request_is_interrupted_not_resurrected() {
+    let h = Harness::with(|c| c.session.max_age = 100).await;
+    create(&h, r#"{"user":"ann"}"#).await;
+    let slow = {
+        let c = h.client.clone();
+        tokio::spawn(async move {
+            c.post("/")
+                .header("x-reply-gate", "late")
+                .update(r#"{"cart":[1]}"#)
+                .send()
+                .await
+        })
+    };
+    h.upstream.wait_for_requests(2).await;
+    h.clock.advance(100);
+    h.upstream.open_gate("late");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(h.sessions().await, 0);
 }
