@@ -1,19 +1,22 @@
 //! Binding, accepting and graceful shutdown.
 //!
-//! One worker thread per core, each with its own single-threaded runtime
-//! accepting from the one listening socket, and its own upstream connection
-//! pool (the nginx and Envoy model): a connection and its upstream requests
-//! never change threads, so there is no work stealing and no cross-thread
-//! wake-up on the request path. The session store is shared.
+//! One worker thread per core, each with its own single-threaded runtime and
+//! its own upstream connection pool (the nginx and Envoy model): a connection
+//! and its upstream requests never change threads, so there is no work
+//! stealing and no cross-thread wake-up on the request path. The session
+//! store is shared.
 //!
-//! The socket is bound once and shared (not `SO_REUSEPORT`): a second
-//! instance on the same port must fail to start, not silently split the
-//! traffic and, with the memory store, the sessions.
+//! One socket is bound (so a second instance on the same port fails to
+//! start instead of silently splitting traffic and, with the memory store,
+//! sessions) and one acceptor hands each new connection to the worker with
+//! the fewest open ones: a cross-thread hand-off per connection, none per
+//! request, and keep-alive connections spread evenly.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -22,8 +25,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
@@ -72,8 +75,8 @@ impl StopHandle {
 }
 
 impl Server {
-    /// Binds `config.listen` (port 0 picks a free port) once per worker and
-    /// starts serving; returns once every listener is bound.
+    /// Binds `config.listen` (port 0 picks a free port) and starts the
+    /// workers; returns once the socket is bound.
     pub fn start(
         config: &Config,
         store: Arc<dyn SessionStore>,
@@ -85,27 +88,42 @@ impl Server {
         };
         let listener = bind(config.listen).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let mut listeners = Vec::with_capacity(config.workers);
-        for _ in 1..config.workers {
-            listeners.push(listener.try_clone().map_err(bind_error)?);
-        }
-        listeners.push(listener);
 
         let (stop, stopped) = watch::channel(false);
-        let mut workers = Vec::with_capacity(listeners.len());
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let proxy = Arc::new(Proxy::new(config, store.clone(), clock.clone())?);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.server.clone()));
+        let mut inboxes = Vec::with_capacity(config.workers);
+        let mut listener = Some(listener);
+        let mut workers = Vec::with_capacity(config.workers);
+        for i in 0..config.workers {
+            let (inbox, queue) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            inboxes.push((inbox, open.clone()));
+            let worker = Worker {
+                proxy: Arc::new(Proxy::new(config, store.clone(), clock.clone())?),
+                tls: tls.clone(),
+                queue,
+                open,
+                grace: config.shutdown_grace,
+                stopped: stopped.clone(),
+            };
+            // The last worker also runs the acceptor: by then every inbox exists.
+            let acceptor = if i + 1 == config.workers {
+                listener.take().map(|listener| Acceptor {
+                    listener,
+                    inboxes: std::mem::take(&mut inboxes),
+                    stopped: stopped.clone(),
+                })
+            } else {
+                None
+            };
             let (done, finished) = oneshot::channel();
-            let stopped = stopped.clone();
-            let grace = config.shutdown_grace;
-            let tls = config
-                .tls
-                .as_ref()
-                .map(|t| TlsAcceptor::from(t.server.clone()));
             std::thread::Builder::new()
                 .name(format!("sessionward-{i}"))
                 .spawn(move || {
-                    run_worker(listener, proxy, tls, grace, stopped);
+                    run_worker(worker, acceptor);
                     let _ = done.send(());
                 })
                 .map_err(StartError::Thread)?;
@@ -154,13 +172,32 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(
+/// A worker's inbox: where the acceptor drops new connections, and how many
+/// connections the worker has open.
+type Inbox = (
+    mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    Arc<AtomicUsize>,
+);
+
+/// Accepts connections and hands each to the least busy worker.
+struct Acceptor {
     listener: std::net::TcpListener,
+    inboxes: Vec<Inbox>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// One thread's share of the work: its proxy (and upstream pool) and its
+/// queue of connections to serve.
+struct Worker {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
+    queue: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
     grace: Duration,
     stopped: watch::Receiver<bool>,
-) {
+}
+
+fn run_worker(worker: Worker, acceptor: Option<Acceptor>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -172,31 +209,25 @@ fn run_worker(
         }
     };
     runtime.block_on(async move {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, proxy, tls, grace, stopped).await,
-            Err(e) => error!(error = %e, "cannot register the listener"),
+        if let Some(acceptor) = acceptor {
+            tokio::spawn(accept_loop(acceptor));
         }
+        serve_loop(worker).await;
     });
 }
 
-/// How long a client gets to finish its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    grace: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+async fn accept_loop(mut acceptor: Acceptor) {
+    let listener = match TcpListener::from_std(acceptor.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot register the listener");
+            return;
+        }
+    };
     loop {
         let (stream, addr) = tokio::select! {
             biased;
-            _ = until_stopped(&mut stopped) => break,
+            _ = until_stopped(&mut acceptor.stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -208,17 +239,72 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, watcher) = (proxy.clone(), builder.clone(), graceful.watcher());
-        match &tls {
-            None => serve_connection(stream, Peer::new(addr, false), proxy, builder, watcher),
+        let Some((inbox, open)) = acceptor
+            .inboxes
+            .iter()
+            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                open.fetch_add(1, Ordering::Relaxed);
+                if inbox.send((stream, addr)).is_err() {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => debug!(%addr, error = %e, "cannot hand the connection over"),
+        }
+    }
+    // Dropping the listener here closes the port: new clients are refused.
+}
+
+async fn serve_loop(mut worker: Worker) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            biased;
+            _ = until_stopped(&mut worker.stopped) => break,
+            handed = worker.queue.recv() => match handed {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                worker.open.fetch_sub(1, Ordering::Relaxed);
+                debug!(%addr, error = %e, "cannot take the connection over");
+                continue;
+            }
+        };
+        let open = OpenGuard(worker.open.clone());
+        let (proxy, builder, watcher) = (worker.proxy.clone(), builder.clone(), graceful.watcher());
+        match &worker.tls {
+            None => serve_connection(
+                stream,
+                Peer::new(addr, false),
+                proxy,
+                builder,
+                watcher,
+                open,
+            ),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => {
-                            serve_connection(stream, Peer::new(addr, true), proxy, builder, watcher)
-                        }
+                        Ok(Ok(stream)) => serve_connection(
+                            stream,
+                            Peer::new(addr, true),
+                            proxy,
+                            builder,
+                            watcher,
+                            open,
+                        ),
                         Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%addr, "TLS handshake timed out"),
                     }
@@ -226,14 +312,25 @@ async fn accept_loop(
             }
         }
     }
-    drop(listener);
     let open = graceful.count();
-    debug!(open_connections = open, grace = ?grace, "stopped accepting; draining");
+    debug!(open_connections = open, grace = ?worker.grace, "stopped accepting; draining");
     tokio::select! {
         _ = graceful.shutdown() => debug!("all connections drained"),
-        _ = tokio::time::sleep(grace) => warn!("grace period over with connections still open; closing them"),
+        _ = tokio::time::sleep(worker.grace) => warn!("grace period over with connections still open; closing them"),
     }
 }
+
+/// Counts a connection as open until it ends, for the acceptor's balancing.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a client gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on one
 /// connection, tracked for graceful shutdown.
@@ -243,6 +340,7 @@ fn serve_connection<I>(
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    open: OpenGuard,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -257,6 +355,7 @@ fn serve_connection<I>(
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             debug!(%addr, error = %e, "connection ended with an error");
         }
+        drop(open);
     });
 }
 
