@@ -553,7 +553,7 @@ pre{background:#f5f5f5;border:1px solid #ddd;border-radius:4px;padding:.75rem;ov
 dl{display:grid;grid-template-columns:7rem 1fr;gap:.25rem 1rem}dt{font-weight:600}dd{margin:0}\
 .yes{color:#176f2c;font-weight:600}.no{color:#8a5a00;font-weight:600}\
 .flash{background:#e8f4fd;border:1px solid #9cc9ee;border-radius:4px;padding:.5rem .75rem}\
-.error{color:#a40000}.forms{display:flex;flex-wrap:wrap;gap:.5rem}form{margin:0}\
+.error{color:#a40000}.forms{display:flex;flex-wrap:wrap;gap:.5rem}form{margin:0;display:flex;gap:.4rem}\
 button,input{font:inherit;padding:.3rem .6rem}";
 
 /// A complete HTML page; `body` must already be escaped.
