@@ -518,14 +518,39 @@ impl RawConfig {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
-        serde_path_to_error::deserialize::<_, RawConfig>(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::Invalid(vec![Problem {
-                path: if path == "." { "(file)".into() } else { path },
-                message: e.into_inner().to_string(),
-            }])
-        })
+        match deserialize(value.clone()) {
+            Ok(raw) => Ok(raw),
+            Err(first) => {
+                // serde stops at the first error; deserializing each top-level
+                // key on its own finds the first error of every section.
+                let mut problems: Vec<Problem> = match &value {
+                    Value::Mapping(map) => map
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let mut one = serde_yaml::Mapping::new();
+                            one.insert(k.clone(), v.clone());
+                            deserialize(Value::Mapping(one)).err()
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if problems.is_empty() {
+                    problems.push(first);
+                }
+                Err(ConfigError::Invalid(problems))
+            }
+        }
     }
+}
+
+fn deserialize(value: Value) -> Result<RawConfig, Problem> {
+    serde_path_to_error::deserialize::<_, RawConfig>(value).map_err(|e| {
+        let path = e.path().to_string();
+        Problem {
+            path: if path == "." { "(file)".into() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string of the tree; `$$` is a literal `$`.
@@ -1084,6 +1109,15 @@ mod tests {
             let err = Config::from_yaml(&yaml, &env(&[])).unwrap_err();
             assert_eq!(paths(err), vec!["upstream"], "{url}");
         }
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_are_all_reported() {
+        let yaml = minimal("session:\n  max_bytes: lots\ncookie:\n  secure: maybe\nbogus: 1\n");
+        let err = Config::from_yaml(&yaml, &env(&[])).unwrap_err();
+        let mut p = paths(err);
+        p.sort();
+        assert_eq!(p, vec!["bogus", "cookie.secure", "session.max_bytes"]);
     }
 
     #[test]
