@@ -26,6 +26,19 @@ async fn create(h: &Harness, data: &str) -> String {
     h.client.session_key().expect("a session cookie was set")
 }
 
+/// Sends an update that the upstream holds until `gate` opens: the session is
+/// read now and written later.
+fn held_update(h: &Harness, gate: &'static str) -> tokio::task::JoinHandle<common::Reply> {
+    let c = h.client.clone();
+    tokio::spawn(async move {
+        c.post("/cart")
+            .header("x-reply-gate", gate)
+            .update(r#"{"cart":[1]}"#)
+            .send()
+            .await
+    })
+}
+
 #[tokio::test]
 async fn spoofed_session_headers_never_reach_the_upstream() {
     let h = Harness::start().await;
@@ -549,16 +562,7 @@ async fn concurrent_disjoint_updates_both_persist() {
 async fn concurrent_logout_interrupts_the_other_request() {
     let h = Harness::start().await;
     let key = create(&h, r#"{"user":"ann"}"#).await;
-    let slow = {
-        let c = h.client.clone();
-        tokio::spawn(async move {
-            c.post("/cart")
-                .header("x-reply-gate", "slow")
-                .update(r#"{"cart":[1]}"#)
-                .send()
-                .await
-        })
-    };
+    let slow = held_update(&h, "slow");
     h.upstream.wait_for_requests(2).await;
     let other = h.new_client();
     other.set_cookie("sessionid", &key);
@@ -766,16 +770,7 @@ mod common_store {
 async fn a_session_expiring_during_the_request_is_interrupted_not_resurrected() {
     let h = Harness::with(|c| c.session.max_age = 100).await;
     create(&h, r#"{"user":"ann"}"#).await;
-    let slow = {
-        let c = h.client.clone();
-        tokio::spawn(async move {
-            c.post("/")
-                .header("x-reply-gate", "late")
-                .update(r#"{"cart":[1]}"#)
-                .send()
-                .await
-        })
-    };
+    let slow = held_update(&h, "late");
     h.upstream.wait_for_requests(2).await;
     h.clock.advance(100);
     h.upstream.open_gate("late");
