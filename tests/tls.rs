@@ -80,6 +80,17 @@ impl Drop for Cert {
     }
 }
 
+/// An HTTP/1.1 client connection over an established TLS stream.
+async fn http1(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 fn path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -98,10 +109,7 @@ async fn http1_over_tls_reaches_the_app_as_https() {
     .await;
     let tls = cert.connect(h.addr, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = http1(tls).await;
     let req = Request::get("/secure?x=1")
         .header("host", "app.example")
         .header("x-reply-header", r#"x-session-update: {"tls":true}"#)
@@ -161,10 +169,7 @@ async fn plain_http_on_a_tls_port_is_refused_and_the_server_keeps_serving() {
     assert!(!buf.starts_with(b"HTTP/1.1 200"));
     assert!(h.upstream.requests().is_empty());
     let tls = cert.connect(h.addr, b"http/1.1").await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = http1(tls).await;
     let req = Request::get("/")
         .header("host", "x")
         .body(Full::<Bytes>::default())

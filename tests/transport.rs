@@ -17,6 +17,15 @@ use tokio::time::timeout;
 
 /// An upstream whose `/stream` answers with a first chunk, then waits for the
 /// "rest" gate before the second: a buffering proxy could not deliver the first.
+/// Reads what is left of a response body, within the test deadline.
+async fn rest_of(body: hyper::body::Incoming) -> Bytes {
+    timeout(DEADLINE, body.collect())
+        .await
+        .expect("body in time")
+        .unwrap()
+        .to_bytes()
+}
+
 fn streaming_upstream() -> common::Handler {
     Arc::new(|req, state| {
         Box::pin(async move {
@@ -79,11 +88,7 @@ async fn response_bodies_stream_without_buffering() {
         .unwrap();
     assert_eq!(first.into_data().unwrap(), "one ");
     h.upstream.open_gate("rest");
-    let rest = timeout(DEADLINE, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest_of(body).await;
     assert_eq!(rest, "two");
 }
 
@@ -119,11 +124,7 @@ async fn request_bodies_stream_without_buffering() {
         .await
         .unwrap();
     drop(tx);
-    let rest = timeout(DEADLINE, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest_of(body).await;
     assert_eq!(rest, "rest: 100000 bytes\n");
 }
 
