@@ -137,6 +137,12 @@ pub struct RawSession {
     /// Largest serialized session data accepted, in bytes.
     #[serde(deserialize_with = "lenient")]
     pub max_bytes: i64,
+    /// Seconds without a request after which a session dies (sliding; off by default).
+    #[serde(deserialize_with = "lenient_opt")]
+    pub idle_timeout: Option<i64>,
+    /// Seconds from creation after which a session dies whatever happens (off by default).
+    #[serde(deserialize_with = "lenient_opt")]
+    pub absolute_timeout: Option<i64>,
 }
 
 impl Default for RawSession {
@@ -146,6 +152,8 @@ impl Default for RawSession {
             expire_at_browser_close: false,
             save_every_request: false,
             max_bytes: 8192,
+            idle_timeout: None,
+            absolute_timeout: None,
         }
     }
 }
@@ -158,6 +166,14 @@ pub struct RawStore {
     pub kind: String,
     /// Settings of the in-memory store.
     pub memory: RawMemoryStore,
+    /// Settings of the SQLite store.
+    pub sqlite: RawSqliteStore,
+    /// Settings of the Redis store.
+    pub redis: RawRedisStore,
+    /// Settings of the cookie store.
+    pub cookie: RawCookieStore,
+    /// Read cache in front of a server-side store.
+    pub cache: Option<RawStoreCache>,
 }
 
 impl Default for RawStore {
@@ -165,8 +181,122 @@ impl Default for RawStore {
         Self {
             kind: "memory".into(),
             memory: RawMemoryStore::default(),
+            sqlite: RawSqliteStore::default(),
+            redis: RawRedisStore::default(),
+            cookie: RawCookieStore::default(),
+            cache: None,
         }
     }
+}
+
+/// `store.sqlite:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSqliteStore {
+    /// Database file; created when missing.
+    pub path: String,
+    /// Seconds to wait for a lock held by another process.
+    #[serde(deserialize_with = "lenient")]
+    pub busy_timeout: f64,
+    /// Seconds between sweeps of expired rows.
+    #[serde(deserialize_with = "lenient")]
+    pub purge_interval: f64,
+    /// `normal` (survives a crash of the process) or `full` (also a power cut).
+    pub synchronous: String,
+}
+
+impl Default for RawSqliteStore {
+    fn default() -> Self {
+        Self {
+            path: "sessions.db".into(),
+            busy_timeout: 5.0,
+            purge_interval: 300.0,
+            synchronous: "normal".into(),
+        }
+    }
+}
+
+/// `store.redis:` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedisStore {
+    /// `single`, `cluster` or `sentinel`.
+    pub mode: String,
+    /// `redis://` or `rediss://` URL of the server (single mode).
+    pub url: Option<String>,
+    /// Seed node URLs (cluster mode).
+    pub nodes: Vec<String>,
+    /// Sentinel URLs (sentinel mode).
+    pub sentinels: Vec<String>,
+    /// Name of the monitored master (sentinel mode).
+    pub master_name: Option<String>,
+    /// Prefix of every key sessionward writes.
+    pub key_prefix: String,
+    /// Seconds to wait for a connection.
+    #[serde(deserialize_with = "lenient")]
+    pub connect_timeout: f64,
+    /// Seconds to wait for a command's answer.
+    #[serde(deserialize_with = "lenient")]
+    pub command_timeout: f64,
+}
+
+impl Default for RawRedisStore {
+    fn default() -> Self {
+        Self {
+            mode: "single".into(),
+            url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            key_prefix: "sessionward:".into(),
+            connect_timeout: 0.25,
+            command_timeout: 0.25,
+        }
+    }
+}
+
+impl fmt::Debug for RawRedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawRedisStore")
+            .field("mode", &self.mode)
+            .field("url", &self.url.as_deref().map(RedisUrl::redact))
+            .field("nodes", &self.nodes.len())
+            .field("sentinels", &self.sentinels.len())
+            .field("master_name", &self.master_name)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `store.cookie:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCookieStore {
+    /// Most cookies one session may span (`name`, `name.1`, ...).
+    #[serde(deserialize_with = "lenient")]
+    pub max_chunks: i64,
+}
+
+impl Default for RawCookieStore {
+    fn default() -> Self {
+        Self { max_chunks: 4 }
+    }
+}
+
+/// `store.cache:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreCache {
+    /// Milliseconds a cached copy may be served.
+    #[serde(deserialize_with = "lenient")]
+    pub ttl_ms: i64,
+    /// Most sessions cached.
+    #[serde(deserialize_with = "lenient", default = "default_cache_sessions")]
+    pub max_sessions: i64,
+}
+
+fn default_cache_sessions() -> i64 {
+    100_000
 }
 
 /// `store.memory:` section.
@@ -279,6 +409,19 @@ where
     }
 }
 
+/// [`lenient`] for optional values: `null` or absent is `None`.
+fn lenient_opt<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + DeserializeOwned,
+    T::Err: fmt::Display,
+{
+    match Value::deserialize(deserializer)? {
+        Value::Null => Ok(None),
+        other => lenient(other).map(Some).map_err(D::Error::custom),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Validated configuration.
 // ---------------------------------------------------------------------------
@@ -344,6 +487,10 @@ pub struct SessionConfig {
     pub save_every_request: bool,
     /// Largest serialized session data, in bytes.
     pub max_bytes: usize,
+    /// Sliding idle timeout in seconds.
+    pub idle_timeout: Option<u64>,
+    /// Hard cap from creation in seconds.
+    pub absolute_timeout: Option<u64>,
 }
 
 /// Validated store selection.
@@ -354,6 +501,99 @@ pub enum StoreConfig {
         /// Capacity in sessions.
         max_sessions: u64,
     },
+    /// One SQLite file.
+    Sqlite(SqliteConfig),
+    /// A Redis server, cluster or sentinel-managed master.
+    Redis(RedisConfig),
+    /// The client's own cookie, sealed.
+    Cookie(CookieStoreConfig),
+}
+
+/// Validated `store.sqlite`.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Database file.
+    pub path: std::path::PathBuf,
+    /// Lock wait.
+    pub busy_timeout: Duration,
+    /// Time between sweeps of expired rows.
+    pub purge_interval: Duration,
+    /// `synchronous = FULL` instead of `NORMAL`.
+    pub synchronous_full: bool,
+}
+
+/// A Redis URL, whose password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as written, password included: for the client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `url` with any password replaced by `***`.
+    pub fn redact(url: &str) -> String {
+        match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &url[s + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Self::redact(&self.0))
+    }
+}
+
+/// Where the Redis store finds its server.
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    /// One server.
+    Single(RedisUrl),
+    /// A Redis Cluster, found from these seed nodes.
+    Cluster(Vec<RedisUrl>),
+    /// The master that these sentinels name.
+    Sentinel {
+        /// Sentinel URLs.
+        sentinels: Vec<RedisUrl>,
+        /// Monitored master's name.
+        master_name: String,
+    },
+}
+
+/// Validated `store.redis`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Where the server is.
+    pub topology: RedisTopology,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Connection wait.
+    pub connect_timeout: Duration,
+    /// Command answer wait.
+    pub command_timeout: Duration,
+}
+
+/// Validated `store.cookie`.
+#[derive(Debug, Clone)]
+pub struct CookieStoreConfig {
+    /// Most cookies a session may span.
+    pub max_chunks: usize,
+}
+
+/// Validated `store.cache`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCacheConfig {
+    /// How long a cached copy may be served.
+    pub ttl: Duration,
+    /// Most sessions cached.
+    pub max_sessions: u64,
 }
 
 /// Validated signing settings.
@@ -387,6 +627,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Store selection.
     pub store: StoreConfig,
+    /// Read cache in front of a server-side store.
+    pub store_cache: Option<StoreCacheConfig>,
     /// Signing settings.
     pub signing: SigningConfig,
     /// Protocol header prefix, lowercase.
@@ -710,36 +952,38 @@ impl TryFrom<RawConfig> for Config {
 
         let max_age = c.positive("session.max_age", raw.session.max_age);
         let max_bytes = c.positive("session.max_bytes", raw.session.max_bytes) as usize;
+        let idle_timeout = raw
+            .session
+            .idle_timeout
+            .map(|n| c.positive("session.idle_timeout", n));
+        let absolute_timeout = raw
+            .session
+            .absolute_timeout
+            .map(|n| c.positive("session.absolute_timeout", n));
         let session = SessionConfig {
             max_age,
             expire_at_browser_close: raw.session.expire_at_browser_close,
             save_every_request: raw.session.save_every_request,
             max_bytes,
+            idle_timeout,
+            absolute_timeout,
         };
 
-        let store = match raw.store.kind.trim() {
-            "memory" => StoreConfig::Memory {
-                max_sessions: c
-                    .positive("store.memory.max_sessions", raw.store.memory.max_sessions),
-            },
-            "sqlite" | "redis" | "cookie" => {
+        let store = validate_store(&raw.store, &mut c);
+        let store_cache = raw.store.cache.as_ref().and_then(|cache| {
+            let ttl_ms = c.positive("store.cache.ttl_ms", cache.ttl_ms);
+            let max_sessions = c.positive("store.cache.max_sessions", cache.max_sessions);
+            if matches!(store, StoreConfig::Cookie(_)) {
                 c.fail(
-                    "store.kind",
-                    format!(
-                        "{:?} is not available in this version; use memory",
-                        raw.store.kind
-                    ),
+                    "store.cache",
+                    "applies to server-side stores only; the cookie store has nothing to cache",
                 );
-                StoreConfig::Memory { max_sessions: 1 }
             }
-            other => {
-                c.fail(
-                    "store.kind",
-                    format!("unknown store {other:?}; expected memory"),
-                );
-                StoreConfig::Memory { max_sessions: 1 }
-            }
-        };
+            Some(StoreCacheConfig {
+                ttl: Duration::from_millis(ttl_ms),
+                max_sessions,
+            })
+        });
 
         let secret = match raw.signing.secret.as_deref() {
             None => {
@@ -821,6 +1065,7 @@ impl TryFrom<RawConfig> for Config {
                 cookie,
                 session,
                 store,
+                store_cache,
                 signing: SigningConfig { secret, token_ttl },
                 header_prefix: prefix,
                 timeouts,
@@ -887,6 +1132,129 @@ fn parse_upstream(s: &str) -> Result<Uri, String> {
         .path_and_query("/")
         .build()
         .map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn validate_store(raw: &RawStore, c: &mut Checker) -> StoreConfig {
+    match raw.kind.trim() {
+        "memory" => StoreConfig::Memory {
+            max_sessions: c.positive("store.memory.max_sessions", raw.memory.max_sessions),
+        },
+        "sqlite" => {
+            let s = &raw.sqlite;
+            if s.path.trim().is_empty() {
+                c.fail("store.sqlite.path", "is required: the database file");
+            }
+            let synchronous_full = match s.synchronous.trim().to_ascii_lowercase().as_str() {
+                "normal" => false,
+                "full" => true,
+                other => {
+                    c.fail(
+                        "store.sqlite.synchronous",
+                        format!("{other:?} is not normal or full"),
+                    );
+                    false
+                }
+            };
+            StoreConfig::Sqlite(SqliteConfig {
+                path: s.path.trim().into(),
+                busy_timeout: c.seconds("store.sqlite.busy_timeout", s.busy_timeout),
+                purge_interval: c.seconds("store.sqlite.purge_interval", s.purge_interval),
+                synchronous_full,
+            })
+        }
+        "redis" => StoreConfig::Redis(validate_redis(&raw.redis, c)),
+        "cookie" => {
+            let n = c.positive("store.cookie.max_chunks", raw.cookie.max_chunks);
+            if n > 20 {
+                c.fail(
+                    "store.cookie.max_chunks",
+                    format!("{n} cookies of 4 KB each is more than browsers keep; at most 20"),
+                );
+            }
+            StoreConfig::Cookie(CookieStoreConfig {
+                max_chunks: n.min(20) as usize,
+            })
+        }
+        other => {
+            c.fail(
+                "store.kind",
+                format!("unknown store {other:?}; expected memory, sqlite, redis or cookie"),
+            );
+            StoreConfig::Memory { max_sessions: 1 }
+        }
+    }
+}
+
+fn validate_redis(raw: &RawRedisStore, c: &mut Checker) -> RedisConfig {
+    fn url(c: &mut Checker, path: &str, u: &str) -> RedisUrl {
+        let u = u.trim();
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            c.fail(
+                path,
+                format!(
+                    "{:?} is not a redis:// or rediss:// URL",
+                    RedisUrl::redact(u)
+                ),
+            );
+        }
+        RedisUrl(u.to_owned())
+    }
+    fn urls(c: &mut Checker, path: &str, list: &[String], what: &str) -> Vec<RedisUrl> {
+        if list.is_empty() {
+            c.fail(path, format!("is required: a list of {what} URLs"));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, u)| url(c, &format!("{path}[{i}]"), u))
+            .collect()
+    }
+    let topology = match raw.mode.trim() {
+        "single" => match &raw.url {
+            Some(u) => RedisTopology::Single(url(c, "store.redis.url", u)),
+            None => {
+                c.fail(
+                    "store.redis.url",
+                    "is required (for example redis://127.0.0.1:6379/0)",
+                );
+                RedisTopology::Single(RedisUrl(String::new()))
+            }
+        },
+        "cluster" => RedisTopology::Cluster(urls(c, "store.redis.nodes", &raw.nodes, "seed node")),
+        "sentinel" => {
+            let sentinels = urls(c, "store.redis.sentinels", &raw.sentinels, "sentinel");
+            let master_name = raw.master_name.clone().unwrap_or_default();
+            if master_name.trim().is_empty() {
+                c.fail(
+                    "store.redis.master_name",
+                    "is required in sentinel mode: the name the sentinels monitor",
+                );
+            }
+            RedisTopology::Sentinel {
+                sentinels,
+                master_name,
+            }
+        }
+        other => {
+            c.fail(
+                "store.redis.mode",
+                format!("{other:?} is not single, cluster or sentinel"),
+            );
+            RedisTopology::Single(RedisUrl(String::new()))
+        }
+    };
+    if raw.key_prefix.contains(['{', '}']) {
+        // A hash tag would pin every session to one cluster slot.
+        c.fail(
+            "store.redis.key_prefix",
+            "must not contain { or }: a hash tag would put every session on one cluster node",
+        );
+    }
+    RedisConfig {
+        topology,
+        key_prefix: raw.key_prefix.clone(),
+        connect_timeout: c.seconds("store.redis.connect_timeout", raw.connect_timeout),
+        command_timeout: c.seconds("store.redis.command_timeout", raw.command_timeout),
+    }
 }
 
 fn validate_cookie(raw: &RawCookie, c: &mut Checker) -> CookieConfig {

@@ -5,14 +5,48 @@ use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 use time::{Duration, OffsetDateTime};
 
 use crate::config::{CookieConfig, SameSite};
-use crate::session::{Policy, Record, SessionKey};
+use crate::session::{Policy, Record};
 
-/// Removes the session cookie from the request's `Cookie` header(s), keeping
-/// every other cookie byte for byte, and returns its value. `None` when the
-/// client sent no session cookie; the first one wins if it sent several.
-/// Several `Cookie` fields (HTTP/2 sends one per cookie) are joined into one
-/// with "; ", as RFC 9113 8.2.3 asks of a proxy forwarding to HTTP/1.1.
-pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
+/// Most bytes of session value in one cookie: with the name and attributes
+/// a cookie stays under the 4,096 bytes every browser keeps.
+pub const CHUNK_BYTES: usize = 3800;
+
+/// The session cookie as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCookie {
+    /// The value, chunks joined in order.
+    pub value: String,
+    /// How many cookies carried it (`name`, `name.1`, ...), so that a
+    /// response can delete the ones it no longer needs.
+    pub chunks: usize,
+}
+
+/// Which chunk a cookie name is: 0 for `name`, n for `name.n` when
+/// `max_chunks` allows it.
+fn chunk_index(cookie: &[u8], name: &str, max_chunks: usize) -> Option<usize> {
+    let rest = cookie.strip_prefix(name.as_bytes())?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let digits = rest.strip_prefix(b".")?;
+    if digits.is_empty() || digits.len() > 2 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (n >= 1 && n < max_chunks && digits[0] != b'0').then_some(n)
+}
+
+/// Removes the session cookie (and its chunks `name.1`... up to
+/// `max_chunks`) from the request's `Cookie` header(s), keeping every other
+/// cookie byte for byte, and returns its value. `None` when the client sent
+/// no session cookie; the first of duplicates wins. Several `Cookie` fields
+/// (HTTP/2 sends one per cookie) are joined into one with "; ", as RFC 9113
+/// 8.2.3 asks of a proxy forwarding to HTTP/1.1.
+pub fn take_session_cookie(
+    headers: &mut HeaderMap,
+    name: &str,
+    max_chunks: usize,
+) -> Option<SessionCookie> {
     let mut fields = headers.get_all(COOKIE).iter();
     let first = fields.next()?;
     let several = fields.next().is_some();
@@ -20,7 +54,8 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
     if !several && !memfind(first.as_bytes(), name.as_bytes()) {
         return None;
     }
-    let mut found: Option<String> = None;
+    let max_chunks = max_chunks.max(1);
+    let mut parts: Vec<Option<String>> = vec![None; max_chunks];
     let mut kept: Vec<&[u8]> = Vec::new();
     // Bytes, not text: one non-ASCII byte elsewhere in the header must not
     // make us forward the session key untouched.
@@ -31,14 +66,14 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
             };
-            if n.trim_ascii() == name.as_bytes() {
-                if found.is_none() {
+            if let Some(i) = chunk_index(n.trim_ascii(), name, max_chunks) {
+                if parts[i].is_none() {
                     let v = v.trim_ascii();
                     let v = v
                         .strip_prefix(b"\"")
                         .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(v);
-                    found = Some(String::from_utf8_lossy(v).into_owned());
+                    parts[i] = Some(String::from_utf8_lossy(v).into_owned());
                 }
             } else if !pair.is_empty() {
                 kept.push(pair);
@@ -53,7 +88,11 @@ pub fn take_session_cookie(headers: &mut HeaderMap, name: &str) -> Option<String
     if let Some(v) = joined {
         headers.insert(COOKIE, v);
     }
-    found
+    let chunks = parts.iter().rposition(Option::is_some)? + 1;
+    // The value is the chunks in order up to the first gap; a gap makes the
+    // rest meaningless, and the store will reject the truncated value.
+    let value: String = parts.iter().map_while(|p| p.as_deref()).collect();
+    Some(SessionCookie { value, chunks })
 }
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
@@ -66,7 +105,7 @@ pub fn drop_upstream_session_cookies(headers: &mut HeaderMap, name: &str) -> usi
     let is_ours = |v: &HeaderValue| {
         let bytes = v.as_bytes();
         let end = bytes.iter().position(|&b| b == b'=').unwrap_or(bytes.len());
-        bytes[..end].trim_ascii() == name.as_bytes()
+        chunk_index(bytes[..end].trim_ascii(), name, usize::MAX).is_some()
     };
     let dropped = headers
         .get_all(SET_COOKIE)
@@ -105,34 +144,70 @@ impl CookieWriter {
         &self.config.name
     }
 
-    /// Sets the cookie to `key`, lasting as long as the record (no Max-Age or
-    /// Expires for a browser-session cookie).
-    pub fn set(&self, key: &SessionKey, record: &Record, policy: &Policy, now: i64) -> HeaderValue {
-        let mut cookie = self.base(key.encode());
-        if !policy.is_browser_session(record.expiry) {
-            cookie = cookie.max_age(Duration::seconds(
-                record.expires_at.saturating_sub(now).max(0),
-            ));
-            // Past year 9999 there is no HTTP date; Max-Age alone still governs.
-            if let Ok(at) = OffsetDateTime::from_unix_timestamp(record.expires_at) {
-                cookie = cookie.expires(at);
+    /// Sets the cookie to `value`, lasting as long as the record (no Max-Age
+    /// or Expires for a browser-session cookie). A value over
+    /// [`CHUNK_BYTES`] is split over `name`, `name.1`, ...; chunks the client
+    /// sent (`sent`) that are no longer needed are deleted.
+    pub fn set(
+        &self,
+        value: &str,
+        record: &Record,
+        policy: &Policy,
+        now: i64,
+        sent: usize,
+    ) -> Vec<HeaderValue> {
+        // Session values are ASCII (keys and sealed cookies are base64url).
+        let pieces: Vec<&str> = if value.len() <= CHUNK_BYTES || !value.is_ascii() {
+            vec![value]
+        } else {
+            value
+                .as_bytes()
+                .chunks(CHUNK_BYTES)
+                .filter_map(|c| std::str::from_utf8(c).ok())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(pieces.len().max(sent));
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut cookie = self.base(self.chunk_name(i), (*piece).to_owned());
+            if !policy.is_browser_session(record.expiry) {
+                cookie = cookie.max_age(Duration::seconds(
+                    record.expires_at.saturating_sub(now).max(0),
+                ));
+                // Past year 9999 there is no HTTP date; Max-Age alone still governs.
+                if let Ok(at) = OffsetDateTime::from_unix_timestamp(record.expires_at) {
+                    cookie = cookie.expires(at);
+                }
             }
+            out.push(to_header(cookie));
         }
-        to_header(cookie)
+        out.extend((pieces.len()..sent).map(|i| self.expire(i)));
+        out
     }
 
-    /// Expires the cookie with the same name, path, domain and SameSite.
-    pub fn delete(&self) -> HeaderValue {
+    /// Expires the cookie and the `sent` chunks the client holds, with the
+    /// same name, path, domain and SameSite.
+    pub fn delete(&self, sent: usize) -> Vec<HeaderValue> {
+        (0..sent.max(1)).map(|i| self.expire(i)).collect()
+    }
+
+    fn expire(&self, chunk: usize) -> HeaderValue {
         let cookie = self
-            .base(String::new())
+            .base(self.chunk_name(chunk), String::new())
             .max_age(Duration::ZERO)
             .expires(OffsetDateTime::UNIX_EPOCH);
         to_header(cookie)
     }
 
-    fn base(&self, value: String) -> ::cookie::CookieBuilder<'static> {
+    fn chunk_name(&self, i: usize) -> String {
+        match i {
+            0 => self.config.name.clone(),
+            n => format!("{}.{n}", self.config.name),
+        }
+    }
+
+    fn base(&self, name: String, value: String) -> ::cookie::CookieBuilder<'static> {
         let c = &self.config;
-        let mut b = ::cookie::Cookie::build((c.name.clone(), value))
+        let mut b = ::cookie::Cookie::build((name, value))
             .path(c.path.clone())
             .secure(c.secure)
             .http_only(c.http_only)
@@ -168,6 +243,10 @@ mod tests {
         h
     }
 
+    fn take(h: &mut HeaderMap) -> Option<String> {
+        take_session_cookie(h, "sessionid", 1).map(|c| c.value)
+    }
+
     fn cookie_values(h: &HeaderMap) -> Vec<&str> {
         h.get_all(COOKIE)
             .iter()
@@ -178,20 +257,14 @@ mod tests {
     #[test]
     fn takes_ours_and_keeps_the_others_verbatim() {
         let mut h = headers(&["a=1; sessionid=KEY; b=\"x y\""]);
-        assert_eq!(
-            take_session_cookie(&mut h, "sessionid").as_deref(),
-            Some("KEY")
-        );
+        assert_eq!(take(&mut h), Some("KEY".to_string()));
         assert_eq!(cookie_values(&h), vec!["a=1; b=\"x y\""]);
     }
 
     #[test]
     fn drops_the_header_when_nothing_remains_and_takes_the_first_of_duplicates() {
         let mut h = headers(&["sessionid=ONE", "sessionid=TWO"]);
-        assert_eq!(
-            take_session_cookie(&mut h, "sessionid").as_deref(),
-            Some("ONE")
-        );
+        assert_eq!(take(&mut h), Some("ONE".to_string()));
         assert!(h.get(COOKIE).is_none());
     }
 
@@ -202,30 +275,24 @@ mod tests {
             COOKIE,
             HeaderValue::from_bytes("sessionid=KEY; t=\u{e9}".as_bytes()).unwrap(),
         );
-        assert_eq!(
-            take_session_cookie(&mut h, "sessionid").as_deref(),
-            Some("KEY")
-        );
+        assert_eq!(take(&mut h), Some("KEY".to_string()));
         assert_eq!(h[COOKIE].as_bytes(), "t=\u{e9}".as_bytes());
     }
 
     #[test]
     fn several_cookie_fields_are_joined_into_one() {
         let mut h = headers(&["a=1", "b=2"]);
-        assert_eq!(take_session_cookie(&mut h, "sessionid"), None);
+        assert_eq!(take(&mut h), None);
         assert_eq!(cookie_values(&h), vec!["a=1; b=2"]);
         let mut h = headers(&["a=1", "sessionid=K", "b=2"]);
-        assert_eq!(
-            take_session_cookie(&mut h, "sessionid").as_deref(),
-            Some("K")
-        );
+        assert_eq!(take(&mut h), Some("K".to_string()));
         assert_eq!(cookie_values(&h), vec!["a=1; b=2"]);
     }
 
     #[test]
     fn similar_names_are_not_ours() {
         let mut h = headers(&["xsessionid=1; sessionid2=2"]);
-        assert_eq!(take_session_cookie(&mut h, "sessionid"), None);
+        assert_eq!(take(&mut h), None);
         assert_eq!(cookie_values(&h), vec!["xsessionid=1; sessionid2=2"]);
     }
 
@@ -255,20 +322,30 @@ mod tests {
         max_age: 100,
         expire_at_browser_close: false,
         max_bytes: 10,
+        absolute_timeout: None,
     };
+
+    fn record(expires_at: i64, expiry: Expiry) -> Record {
+        Record {
+            data: "{}".into(),
+            created_at: 0,
+            expires_at,
+            expiry,
+            seen_at: 0,
+            subject: None,
+        }
+    }
+
+    fn one(v: Vec<HeaderValue>) -> String {
+        assert_eq!(v.len(), 1, "{v:?}");
+        v[0].to_str().unwrap().to_owned()
+    }
 
     #[test]
     fn set_cookie_carries_all_attributes_and_lifetime() {
-        let key = SessionKey::generate().unwrap();
-        let record = Record {
-            data: "{}".into(),
-            created_at: 0,
-            expires_at: 1_700_000_100,
-            expiry: Expiry::Default,
-        };
-        let v = writer(Some("example.com")).set(&key, &record, &POLICY, 1_700_000_000);
-        let s = v.to_str().unwrap();
-        assert!(s.starts_with(&format!("sid={}", key.encode())), "{s}");
+        let record = record(1_700_000_100, Expiry::Default);
+        let s = one(writer(Some("example.com")).set("KEY", &record, &POLICY, 1_700_000_000, 1));
+        assert!(s.starts_with("sid=KEY;"), "{s}");
         for attr in [
             "HttpOnly",
             "SameSite=Strict",
@@ -284,36 +361,21 @@ mod tests {
 
     #[test]
     fn far_future_expiry_keeps_max_age_and_drops_expires() {
-        let key = SessionKey::generate().unwrap();
-        let record = Record {
-            data: "{}".into(),
-            created_at: 0,
-            expires_at: i64::MAX / 2,
-            expiry: Expiry::Idle(i64::MAX as u64 / 2),
-        };
-        let s = writer(None).set(&key, &record, &POLICY, 0);
-        let s = s.to_str().unwrap();
+        let record = record(i64::MAX / 2, Expiry::Idle(i64::MAX as u64 / 2));
+        let s = one(writer(None).set("K", &record, &POLICY, 0, 0));
         assert!(s.contains("Max-Age=") && !s.contains("Expires"), "{s}");
     }
 
     #[test]
     fn browser_session_cookie_has_no_lifetime() {
-        let key = SessionKey::generate().unwrap();
-        let record = Record {
-            data: "{}".into(),
-            created_at: 0,
-            expires_at: 100,
-            expiry: Expiry::BrowserClose,
-        };
-        let s = writer(None).set(&key, &record, &POLICY, 0);
-        let s = s.to_str().unwrap();
+        let record = record(100, Expiry::BrowserClose);
+        let s = one(writer(None).set("K", &record, &POLICY, 0, 1));
         assert!(!s.contains("Max-Age") && !s.contains("Expires"), "{s}");
     }
 
     #[test]
     fn deletion_matches_name_path_domain_and_samesite() {
-        let s = writer(Some("example.com")).delete();
-        let s = s.to_str().unwrap();
+        let s = one(writer(Some("example.com")).delete(1));
         for attr in [
             "sid=;",
             "Path=/app",
@@ -324,5 +386,59 @@ mod tests {
         ] {
             assert!(s.contains(attr), "{attr} missing from {s}");
         }
+    }
+
+    #[test]
+    fn chunks_are_joined_in_order_and_all_stripped() {
+        let mut h = headers(&["a=1; sid.2=C; sid=A", "sid.1=B; sid.10=X; sid.01=Y"]);
+        let c = take_session_cookie(&mut h, "sid", 4).unwrap();
+        assert_eq!((c.value.as_str(), c.chunks), ("ABC", 3));
+        assert_eq!(cookie_values(&h), vec!["a=1; sid.10=X; sid.01=Y"]);
+        // Without chunking, `sid.1` is somebody else's cookie.
+        let mut h = headers(&["sid=A; sid.1=B"]);
+        let c = take_session_cookie(&mut h, "sid", 1).unwrap();
+        assert_eq!((c.value.as_str(), c.chunks), ("A", 1));
+        assert_eq!(cookie_values(&h), vec!["sid.1=B"]);
+        // A gap ends the value; the count still covers what must be deleted.
+        let mut h = headers(&["sid=A; sid.2=C"]);
+        let c = take_session_cookie(&mut h, "sid", 4).unwrap();
+        assert_eq!((c.value.as_str(), c.chunks), ("A", 3));
+    }
+
+    #[test]
+    fn long_values_are_split_and_leftover_chunks_deleted() {
+        let w = writer(None);
+        let r = record(100, Expiry::Default);
+        let value = "x".repeat(CHUNK_BYTES * 2 + 5);
+        let set: Vec<String> = w
+            .set(&value, &r, &POLICY, 0, 0)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(set.len(), 3);
+        assert!(set[0].starts_with(&format!("sid={};", "x".repeat(CHUNK_BYTES))));
+        assert!(set[1].starts_with("sid.1="));
+        assert!(set[2].starts_with("sid.2=xxxxx;"));
+        assert!(
+            set.iter().all(|c| c.len() < 4000),
+            "every cookie fits a browser"
+        );
+        let shrunk = w.set("short", &r, &POLICY, 0, 3);
+        let shrunk: Vec<&str> = shrunk.iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(shrunk.len(), 3);
+        assert!(shrunk[0].starts_with("sid=short;"));
+        assert!(shrunk[1].starts_with("sid.1=;") && shrunk[1].contains("Max-Age=0"));
+        assert!(shrunk[2].starts_with("sid.2=;"));
+        assert_eq!(w.delete(2).len(), 2);
+    }
+
+    #[test]
+    fn upstream_chunk_cookies_are_dropped_too() {
+        let mut h = HeaderMap::new();
+        for v in ["sid.1=evil", "sid.x=fine", "sid=evil"] {
+            h.append(SET_COOKIE, HeaderValue::from_static(v));
+        }
+        assert_eq!(drop_upstream_session_cookies(&mut h, "sid"), 2);
+        assert_eq!(h[SET_COOKIE], "sid.x=fine");
     }
 }

@@ -23,13 +23,27 @@ use std::sync::Arc;
 
 use clock::Clock;
 use config::{Config, StoreConfig};
-use session::SessionStore;
 use session::memory::MemoryStore;
+use session::{Keyed, ReadCache, SessionStore};
 
 /// The store a configuration selects.
 pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Arc<dyn SessionStore> {
-    match config.store {
-        StoreConfig::Memory { max_sessions } => Arc::new(MemoryStore::new(max_sessions, clock)),
+    let idle = config.session.idle_timeout;
+    let cache = || {
+        config
+            .store_cache
+            .map(|c| ReadCache::new(c.ttl, c.max_sessions))
+    };
+    match &config.store {
+        StoreConfig::Memory { max_sessions } => Arc::new(Keyed::new(
+            MemoryStore::new(*max_sessions, idle, clock.clone()),
+            cache(),
+            clock,
+            idle,
+        )),
+        StoreConfig::Sqlite(_) | StoreConfig::Redis(_) | StoreConfig::Cookie(_) => {
+            todo!("stores being built")
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct HeaderNames {
     pub expiry: HeaderName,
     /// `P-update`: a JSON merge patch.
     pub update: HeaderName,
+    /// `P-subject`: who the session belongs to.
+    pub subject: HeaderName,
 }
 
 impl HeaderNames {
@@ -31,6 +33,7 @@ impl HeaderNames {
             action: name("-action")?,
             expiry: name("-expiry")?,
             update: name("-update")?,
+            subject: name("-subject")?,
             prefix: prefix.into_boxed_str(),
         })
     }
@@ -79,8 +82,8 @@ pub enum ProtocolError {
         /// What it was.
         found: &'static str,
     },
-    /// `P-action` is not flush or cycle.
-    #[error("{header}: unknown action {value:?} (expected flush or cycle)")]
+    /// `P-action` is not flush, cycle or revoke-subject.
+    #[error("{header}: unknown action {value:?} (expected flush, cycle or revoke-subject)")]
     UnknownAction {
         /// Header name.
         header: String,
@@ -97,7 +100,15 @@ pub enum ProtocolError {
         /// The value.
         value: String,
     },
-    /// `P-action` or `P-expiry` given more than once.
+    /// `P-subject` is longer than [`MAX_SUBJECT_BYTES`].
+    #[error("{header}: {len} bytes; a subject may have at most {MAX_SUBJECT_BYTES}")]
+    SubjectTooLong {
+        /// Header name.
+        header: String,
+        /// Its length.
+        len: usize,
+    },
+    /// `P-action`, `P-expiry` or `P-subject` given more than once.
     #[error("{header}: given {count} times; it may appear once")]
     Repeated {
         /// Header name.
@@ -106,6 +117,9 @@ pub enum ProtocolError {
         count: usize,
     },
 }
+
+/// Longest subject accepted: a user id or an email, not a document.
+pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// Removes every header whose name starts with the prefix. Client requests
 /// and upstream responses both go through this, so neither side can speak
@@ -132,7 +146,14 @@ pub fn take_changes(
     }
     let parsed = parse_changes(headers, names);
     for name in headers.keys().filter(|n| names.matches(n)) {
-        if ![&names.token, &names.action, &names.expiry, &names.update].contains(&name) {
+        let known = [
+            &names.token,
+            &names.action,
+            &names.expiry,
+            &names.update,
+            &names.subject,
+        ];
+        if !known.contains(&name) {
             warn!(header = %name, "unknown session header from upstream ignored");
         }
     }
@@ -145,6 +166,7 @@ fn parse_changes(headers: &HeaderMap, names: &HeaderNames) -> Result<Changes, Pr
         .map(|v| match v.trim().to_ascii_lowercase().as_str() {
             "flush" => Ok(Action::Flush),
             "cycle" => Ok(Action::Cycle),
+            "revoke-subject" => Ok(Action::RevokeSubject),
             _ => Err(ProtocolError::UnknownAction {
                 header: names.action.to_string(),
                 value: clip(v),
@@ -175,10 +197,21 @@ fn parse_changes(headers: &HeaderMap, names: &HeaderNames) -> Result<Changes, Pr
         }
         patches.push(patch);
     }
+    let subject = single(headers, &names.subject)?
+        .map(|v| match v.trim() {
+            "" => Ok(None),
+            v if v.len() > MAX_SUBJECT_BYTES => Err(ProtocolError::SubjectTooLong {
+                header: names.subject.to_string(),
+                len: v.len(),
+            }),
+            v => Ok(Some(v.into())),
+        })
+        .transpose()?;
     Ok(Changes {
         action,
         expiry,
         patches,
+        subject,
     })
 }
 
@@ -340,6 +373,33 @@ pub(crate) mod tests {
         assert!(matches!(
             take_changes(&mut h, &names()),
             Err(ProtocolError::NotText { .. })
+        ));
+    }
+
+    #[test]
+    fn subject_is_set_cleared_and_bounded() {
+        let n = names();
+        let mut h = map(&[
+            ("x-session-subject", " user:7 "),
+            ("x-session-action", "Revoke-Subject"),
+        ]);
+        let c = take_changes(&mut h, &n).unwrap();
+        assert_eq!(c.subject, Some(Some("user:7".into())));
+        assert_eq!(c.action, Some(Action::RevokeSubject));
+        assert!(h.is_empty());
+        let mut h = map(&[("x-session-subject", "")]);
+        assert_eq!(take_changes(&mut h, &n).unwrap().subject, Some(None));
+        let long = "u".repeat(MAX_SUBJECT_BYTES + 1);
+        let mut h = map(&[("x-session-subject", &long)]);
+        let err = take_changes(&mut h, &n).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::SubjectTooLong { len: 257, .. }),
+            "{err}"
+        );
+        let mut h = map(&[("x-session-subject", "a"), ("x-session-subject", "b")]);
+        assert!(matches!(
+            take_changes(&mut h, &n).unwrap_err(),
+            ProtocolError::Repeated { count: 2, .. }
         ));
     }
 }

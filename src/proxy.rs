@@ -16,11 +16,12 @@ use tracing::{debug, error, warn};
 use crate::body::Relayed;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::cookies::{self, CookieWriter};
 use crate::error::ProxyError;
 use crate::protocol::{self, HeaderNames};
 use crate::session::{
-    self, Action, Changes, KeyHash, Next, Policy, Record, SessionKey, SessionStore, Updated,
+    self, Action, ApplyError, Changes, Loaded, Next, Policy, Record, SessionStore, Updated,
 };
 use crate::token::{Claims, Signer};
 use crate::upstream::Upstream;
@@ -55,23 +56,10 @@ impl Peer {
 /// The session a request arrived with.
 #[derive(Debug)]
 struct Resolved {
-    /// The client sent a session cookie, valid or not.
-    cookie_sent: bool,
-    /// The stored session it names, if it is live.
-    live: Option<Live>,
-}
-
-/// A live session found in the store.
-#[derive(Debug)]
-struct Live {
-    /// The key from the cookie.
-    key: SessionKey,
-    /// The key as the cookie spelled it (the canonical encoding).
-    cookie: String,
-    /// Its hash, the store's index.
-    id: KeyHash,
-    /// The record as read at the start of the request.
-    record: Arc<Record>,
+    /// How many cookies carried the session (0: none sent), valid or not.
+    cookies_sent: usize,
+    /// The live session they name, as read at the start of the request.
+    live: Option<Loaded>,
 }
 
 /// What the response must do with the session cookie.
@@ -79,8 +67,8 @@ struct Live {
 enum CookieChange {
     /// Leave the client's cookie alone.
     Keep,
-    /// Set (or refresh) the cookie to this key for this record.
-    Set(SessionKey, Arc<Record>),
+    /// Set (or refresh) the cookie for this session.
+    Set(Loaded),
     /// Expire the cookie.
     Delete,
 }
@@ -90,8 +78,11 @@ enum CookieChange {
 pub struct Proxy {
     names: Arc<HeaderNames>,
     cookies: CookieWriter,
+    /// Cookies one session may span: more than one only for the cookie store.
+    max_chunks: usize,
     policy: Policy,
     save_every_request: bool,
+    idle_timeout: Option<u64>,
     signer: Signer,
     store: Arc<dyn SessionStore>,
     upstream: Upstream,
@@ -117,12 +108,18 @@ impl Proxy {
         Ok(Self {
             names: Arc::new(names),
             cookies: CookieWriter::new(config.cookie.clone()),
+            max_chunks: match &config.store {
+                StoreConfig::Cookie(c) => c.max_chunks,
+                _ => 1,
+            },
             policy: Policy {
                 max_age: config.session.max_age,
                 expire_at_browser_close: config.session.expire_at_browser_close,
                 max_bytes: config.session.max_bytes,
+                absolute_timeout: config.session.absolute_timeout,
             },
             save_every_request: config.session.save_every_request,
+            idle_timeout: config.session.idle_timeout,
             signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
             store,
             upstream: Upstream::new(&config.upstream, config.timeouts),
@@ -165,7 +162,8 @@ impl Proxy {
         refuse_unsupported(&req)?;
         let version = req.version();
         let upgrade = strip_inbound_headers(req.headers_mut(), &self.names, version);
-        let cookie = cookies::take_session_cookie(req.headers_mut(), self.cookies.name());
+        let cookie =
+            cookies::take_session_cookie(req.headers_mut(), self.cookies.name(), self.max_chunks);
         let session = self.resolve_session(cookie).await?;
         self.build_upstream_request(&mut req, &session, &peer, now)?;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -182,7 +180,7 @@ impl Proxy {
         let status = resp.status();
         let changes = take_update_headers(resp.headers_mut(), &self.names, status)?;
         let change = self.apply_changes(&session, &changes, status, now).await?;
-        self.set_cookie(resp.headers_mut(), change, now);
+        self.set_cookie(resp.headers_mut(), change, session.cookies_sent, now);
 
         if let (true, Some(downstream)) = (switching, downstream_upgrade) {
             tunnel(downstream, hyper::upgrade::on(&mut resp));
@@ -193,32 +191,22 @@ impl Proxy {
 
     /// Looks the cookie up. Malformed, unknown and expired cookies are no
     /// session; a store failure is an error, never "no session".
-    async fn resolve_session(&self, cookie: Option<String>) -> Result<Resolved, ProxyError> {
-        let Some(value) = cookie else {
+    async fn resolve_session(
+        &self,
+        cookie: Option<cookies::SessionCookie>,
+    ) -> Result<Resolved, ProxyError> {
+        let Some(cookie) = cookie else {
             return Ok(Resolved {
-                cookie_sent: false,
+                cookies_sent: 0,
                 live: None,
             });
         };
-        let Some(key) = SessionKey::parse(&value) else {
-            debug!("malformed session cookie ignored");
-            return Ok(Resolved {
-                cookie_sent: true,
-                live: None,
-            });
-        };
-        let id = key.hash();
-        let live = self.store.load(&id).await?.map(|record| Live {
-            key,
-            cookie: value,
-            id,
-            record,
-        });
+        let live = self.store.load(&cookie.value).await?;
         if live.is_none() {
-            debug!(session = %id, "unknown or expired session cookie ignored");
+            debug!("malformed, unknown or expired session cookie ignored");
         }
         Ok(Resolved {
-            cookie_sent: true,
+            cookies_sent: cookie.chunks,
             live,
         })
     }
@@ -265,13 +253,14 @@ impl Proxy {
         let sid;
         let claims = match &session.live {
             Some(live) => {
-                sid = self.signer.sid(&live.cookie);
+                sid = self.signer.sid(&live.handle.key().encode());
                 Claims {
                     iat: now,
                     sid: Some(&sid),
                     new: false,
                     data: &live.record.data,
-                    expires: Some(live.record.expires_at),
+                    expires: Some(live.record.deadline(self.idle_timeout)),
+                    sub: live.record.subject.as_deref(),
                     method: req.method().as_str(),
                     path,
                 }
@@ -282,6 +271,7 @@ impl Proxy {
                 new: true,
                 data: session::EMPTY_DATA,
                 expires: None,
+                sub: None,
                 method: req.method().as_str(),
                 path,
             },
@@ -302,58 +292,100 @@ impl Proxy {
             return Ok(CookieChange::Keep);
         }
         let Some(live) = &session.live else {
-            if changes.is_empty() {
-                return Ok(CookieChange::Keep);
-            }
-            return match session::apply(None, changes, &self.policy, now)? {
-                Next::Save { record, .. } => {
-                    let key = new_key()?;
-                    let record = self.store.create(&key.hash(), record).await?;
-                    debug!(session = %key.hash(), "session created");
-                    Ok(CookieChange::Set(key, record))
-                }
-                // A stale cookie and an upstream that empties the session: clear the cookie.
-                Next::Nothing | Next::Delete
-                    if session.cookie_sent
-                        && (changes.action == Some(Action::Flush)
-                            || !changes.patches.is_empty()) =>
-                {
-                    Ok(CookieChange::Delete)
-                }
-                Next::Nothing | Next::Delete => Ok(CookieChange::Keep),
-            };
+            return self
+                .start_session(session.cookies_sent > 0, changes, now)
+                .await;
         };
-        if changes.is_empty() && !self.save_every_request {
-            return Ok(CookieChange::Keep);
+        if changes.action == Some(Action::RevokeSubject) {
+            return self.revoke_subject(live, changes, now).await;
         }
-        // Only an action can move the session to a new key; skip the RNG otherwise.
-        let new_key = match changes.action {
-            Some(_) => Some(new_key()?),
-            None => None,
-        };
-        let new_id = new_key.as_ref().map_or(live.id, SessionKey::hash);
+        if changes.is_empty() && !self.save_every_request {
+            // The cookie store refreshes an idle deadline by reissuing the cookie.
+            return Ok(if live.refreshed {
+                CookieChange::Set(live.clone())
+            } else {
+                CookieChange::Keep
+            });
+        }
         let policy = self.policy;
         let edit = move |current: &Record| session::apply(Some(current), changes, &policy, now);
-        match self.store.update(&live.id, &new_id, &edit).await? {
-            Updated::Saved(record) => Ok(CookieChange::Set(live.key.clone(), record)),
-            Updated::Moved(record) => {
-                debug!(old = %live.id, new = %new_id, "session key rotated");
-                let key = new_key.ok_or_else(|| {
-                    ProxyError::Internal("store moved a session without a new key".into())
-                })?;
-                Ok(CookieChange::Set(key, record))
+        // Only an action can move the session to a new key.
+        let may_rekey = changes.action.is_some();
+        match self.store.update(&live.handle, may_rekey, &edit).await? {
+            Updated::Saved(saved) => Ok(CookieChange::Set(saved)),
+            Updated::Moved(moved) => {
+                debug!(
+                    old = %live.handle.key().hash(),
+                    new = %moved.handle.key().hash(),
+                    "session key rotated"
+                );
+                Ok(CookieChange::Set(moved))
             }
             Updated::Deleted => {
-                debug!(session = %live.id, "session deleted");
+                debug!(session = %live.handle.key().hash(), "session deleted");
                 Ok(CookieChange::Delete)
             }
             Updated::Gone => Err(ProxyError::SessionInterrupted),
         }
     }
 
+    /// Changes for a request without a live session: create one if they leave data.
+    async fn start_session(
+        &self,
+        cookie_sent: bool,
+        changes: &Changes,
+        now: i64,
+    ) -> Result<CookieChange, ProxyError> {
+        if changes.is_empty() {
+            return Ok(CookieChange::Keep);
+        }
+        match session::apply(None, changes, &self.policy, now)? {
+            Next::Save { record, .. } => {
+                let created = self.store.create(record).await?;
+                debug!(session = %created.handle.key().hash(), "session created");
+                Ok(CookieChange::Set(created))
+            }
+            // A stale cookie and an upstream that empties the session: clear the cookie.
+            Next::Nothing | Next::Delete
+                if cookie_sent
+                    && (matches!(changes.action, Some(Action::Flush | Action::RevokeSubject))
+                        || !changes.patches.is_empty()) =>
+            {
+                Ok(CookieChange::Delete)
+            }
+            Next::Nothing | Next::Delete => Ok(CookieChange::Keep),
+        }
+    }
+
+    /// `revoke-subject`: every session of the current session's subject goes,
+    /// this one included; what else the upstream sent starts a fresh session.
+    async fn revoke_subject(
+        &self,
+        live: &Loaded,
+        changes: &Changes,
+        now: i64,
+    ) -> Result<CookieChange, ProxyError> {
+        if !self.store.capabilities().subject_index {
+            return Err(ApplyError::Unsupported(
+                "revoke-subject needs a store that can find a subject's sessions; the cookie store cannot",
+            )
+            .into());
+        }
+        // Refuse an oversized follow-up before deleting anything.
+        session::apply(None, changes, &self.policy, now)?;
+        let revoked = match live.record.subject.as_deref() {
+            Some(subject) => self.store.revoke_subject(subject).await?,
+            None => 0,
+        };
+        // Also when the subject changed under us: this session ends either way.
+        self.store.delete(&live.handle).await?;
+        debug!(session = %live.handle.key().hash(), revoked, "subject's sessions revoked");
+        self.start_session(true, changes, now).await
+    }
+
     /// Writes the session cookie, `Vary: Cookie` and `Cache-Control: private`;
     /// the upstream's own `Set-Cookie` for our name is dropped.
-    fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange, now: i64) {
+    fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange, sent: usize, now: i64) {
         let dropped = cookies::drop_upstream_session_cookies(headers, self.cookies.name());
         if dropped > 0 {
             warn!(
@@ -362,12 +394,17 @@ impl Proxy {
             );
         }
         add_vary_cookie(headers);
-        let value = match change {
+        let values = match change {
             CookieChange::Keep => return,
-            CookieChange::Set(key, record) => self.cookies.set(&key, &record, &self.policy, now),
-            CookieChange::Delete => self.cookies.delete(),
+            CookieChange::Set(s) => {
+                self.cookies
+                    .set(s.handle.cookie(), &s.record, &self.policy, now, sent)
+            }
+            CookieChange::Delete => self.cookies.delete(sent),
         };
-        headers.append(header::SET_COOKIE, value);
+        for value in values {
+            headers.append(header::SET_COOKIE, value);
+        }
         if !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
@@ -382,11 +419,6 @@ impl std::fmt::Display for DisplayPath {
         // The path only: queries may carry tokens that do not belong in logs.
         f.write_str(self.0.as_ref().map_or("/", |p| p.path()))
     }
-}
-
-fn new_key() -> Result<SessionKey, ProxyError> {
-    SessionKey::generate()
-        .ok_or_else(|| ProxyError::Internal("the OS random generator failed".into()))
 }
 
 /// Refuses what a reverse proxy for one app has no business forwarding:

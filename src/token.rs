@@ -33,6 +33,8 @@ pub struct Claims<'a> {
     pub data: &'a str,
     /// When the session expires, unix seconds.
     pub expires: Option<i64>,
+    /// The session's subject (`P-subject`), if the upstream set one.
+    pub sub: Option<&'a str>,
     /// Request method.
     pub method: &'a str,
     /// Request path and query.
@@ -87,6 +89,9 @@ pub struct VerifiedClaims {
     pub data: Map<String, Value>,
     /// Session expiry, unix seconds.
     pub expires: Option<i64>,
+    /// Subject, when the session has one.
+    #[serde(default)]
+    pub sub: Option<String>,
     /// Request method.
     pub method: String,
     /// Request path and query.
@@ -135,6 +140,12 @@ impl Signer {
                 let _ = write!(payload, r#","expires":{t}"#);
             }
             None => payload.extend_from_slice(br#","expires":null"#),
+        }
+        // Absent rather than null: `sub` is a registered claim that JWT
+        // libraries type-check as a string when present.
+        if let Some(sub) = claims.sub {
+            payload.extend_from_slice(br#","sub":"#);
+            let _ = serde_json::to_writer(&mut payload, sub);
         }
         payload.extend_from_slice(br#","method":"#);
         let _ = serde_json::to_writer(&mut payload, claims.method);
@@ -196,6 +207,7 @@ mod tests {
             new: false,
             data,
             expires: Some(2000),
+            sub: None,
             method: "GET",
             path,
         }

@@ -11,13 +11,7 @@ use common::{Harness, SECRET, Upstream};
 use http::StatusCode;
 use serde_json::json;
 use sessionward::clock::Clock;
-use sessionward::session::{KeyHash, SessionKey};
-
-fn key_hash(cookie_value: &str) -> KeyHash {
-    SessionKey::parse(cookie_value)
-        .expect("a well-formed key")
-        .hash()
-}
+use sessionward::session::SessionKey;
 
 /// Logs in: creates a session holding `data` and returns its key.
 async fn create(h: &Harness, data: &str) -> String {
@@ -204,7 +198,7 @@ async fn keys_are_random_and_stored_only_as_hashes() {
     let h = Harness::start().await;
     let key = create(&h, r#"{"a":1}"#).await;
     assert_eq!(URL_SAFE_NO_PAD.decode(&key).unwrap().len(), 32);
-    assert!(h.store.load(&key_hash(&key)).await.unwrap().is_some());
+    assert!(h.store.load(&key).await.unwrap().is_some());
     let other = h.new_client();
     other.post("/").update(r#"{"a":1}"#).send().await;
     assert_ne!(other.session_key().unwrap(), key);
@@ -271,7 +265,7 @@ async fn flush_then_update_leaves_a_flash_under_a_new_key() {
         .await;
     let new = h.client.session_key().unwrap();
     assert_ne!(new, old);
-    assert!(h.store.load(&key_hash(&old)).await.unwrap().is_none());
+    assert!(h.store.load(&old).await.unwrap().is_none());
     h.client.get("/").send().await;
     assert_eq!(
         serde_json::Value::Object(h.last_claims().data),
@@ -390,7 +384,7 @@ async fn server_errors_change_nothing() {
         );
     }
     assert_eq!(
-        &*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data,
+        &*h.store.load(&key).await.unwrap().unwrap().record.data,
         r#"{"a":1}"#
     );
 
@@ -442,7 +436,7 @@ async fn invalid_updates_give_502_and_apply_nothing() {
         );
     }
     assert_eq!(
-        &*h.store.load(&key_hash(&key)).await.unwrap().unwrap().data,
+        &*h.store.load(&key).await.unwrap().unwrap().record.data,
         r#"{"a":1}"#
     );
     assert_eq!(h.sessions().await, 1);
@@ -473,7 +467,7 @@ async fn unknown_and_malformed_cookies_are_never_adopted() {
         assert_ne!(issued, value);
         assert!(SessionKey::parse(&issued).is_some());
     }
-    assert!(h.store.load(&key_hash(&unknown)).await.unwrap().is_none());
+    assert!(h.store.load(&unknown).await.unwrap().is_none());
     assert_eq!(h.sessions().await, 5);
 }
 
@@ -703,19 +697,26 @@ mod common_store {
     use sessionward::clock::SystemClock;
     use sessionward::session::memory::MemoryStore;
     use sessionward::session::{
-        Edit, KeyHash, Record, SessionStore, StoreError, UpdateError, Updated,
+        Capabilities, Edit, Handle, Keyed, Loaded, Record, SessionStore, StoreError, UpdateError,
+        Updated,
     };
 
     #[derive(Debug)]
     pub struct Failing {
-        inner: MemoryStore,
+        inner: Keyed<MemoryStore>,
         failing: AtomicBool,
     }
 
     impl Default for Failing {
         fn default() -> Self {
+            let clock = Arc::new(SystemClock);
             Self {
-                inner: MemoryStore::new(1000, Arc::new(SystemClock)),
+                inner: Keyed::new(
+                    MemoryStore::new(1000, None, clock.clone()),
+                    None,
+                    clock,
+                    None,
+                ),
                 failing: AtomicBool::new(false),
             }
         }
@@ -739,29 +740,39 @@ mod common_store {
 
     #[async_trait]
     impl SessionStore for Failing {
-        async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        async fn load(&self, cookie: &str) -> Result<Option<Loaded>, StoreError> {
             self.check("load")?;
-            self.inner.load(id).await
+            self.inner.load(cookie).await
         }
-        async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError> {
+        async fn create(&self, record: Record) -> Result<Loaded, UpdateError> {
             self.check("create")?;
-            self.inner.create(id, record).await
+            self.inner.create(record).await
         }
         async fn update(
             &self,
-            id: &KeyHash,
-            new_id: &KeyHash,
+            handle: &Handle,
+            may_rekey: bool,
             edit: &Edit<'_>,
         ) -> Result<Updated, UpdateError> {
             self.check("update")?;
-            self.inner.update(id, new_id, edit).await
+            self.inner.update(handle, may_rekey, edit).await
         }
-        async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError> {
+        async fn delete(&self, handle: &Handle) -> Result<bool, StoreError> {
             self.check("delete")?;
-            self.inner.delete(id).await
+            self.inner.delete(handle).await
+        }
+        async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+            self.check("revoke_subject")?;
+            self.inner.revoke_subject(subject).await
         }
         async fn count(&self) -> Result<u64, StoreError> {
             self.inner.count().await
+        }
+        async fn purge(&self) -> Result<u64, StoreError> {
+            self.inner.purge().await
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
         }
     }
 }

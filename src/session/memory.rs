@@ -1,5 +1,7 @@
 //! The in-memory store: a bounded moka cache, least recently used sessions go
 //! first when full. Per-key atomicity comes from moka's `and_compute_with`.
+//! Subjects are found by a scan: revocation is rare, and an index would cost
+//! every session memory for the benefit of a few.
 
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -10,10 +12,8 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::{
-    ApplyError, Edit, KeyHash, KeyHasher, Next, Record, SessionStore, StoreError, UpdateError,
-    Updated,
-};
+use super::keyed::{Backend, Change};
+use super::{ApplyError, Edit, KeyHash, KeyHasher, Next, Record, StoreError, UpdateError};
 use crate::clock::Clock;
 
 /// Sessions in this process only; lost on restart, not shared between replicas.
@@ -21,15 +21,16 @@ use crate::clock::Clock;
 pub struct MemoryStore {
     cache: Cache<KeyHash, Arc<Record>, BuildHasherDefault<KeyHasher>>,
     clock: Arc<dyn Clock>,
+    idle: Option<u64>,
 }
 
 /// Lets moka drop entries when their session expires, so memory is reclaimed
 /// without a sweeper; `load` still checks `expires_at` to the second.
-struct ExpireAt(Arc<dyn Clock>);
+struct ExpireAt(Arc<dyn Clock>, Option<u64>);
 
 impl ExpireAt {
     fn remaining(&self, record: &Record) -> Option<Duration> {
-        let secs = record.expires_at.saturating_sub(self.0.now()).max(0);
+        let secs = record.deadline(self.1).saturating_sub(self.0.now()).max(0);
         Some(Duration::from_secs(secs as u64))
     }
 }
@@ -56,26 +57,57 @@ impl moka::Expiry<KeyHash, Arc<Record>> for ExpireAt {
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_sessions`.
-    pub fn new(max_sessions: u64, clock: Arc<dyn Clock>) -> Self {
+    /// A store holding at most `max_sessions`, with an optional idle timeout in seconds.
+    pub fn new(max_sessions: u64, idle: Option<u64>, clock: Arc<dyn Clock>) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_sessions)
             // TinyLFU may refuse a brand-new entry; a session just created must stick.
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(ExpireAt(clock.clone()))
+            .expire_after(ExpireAt(clock.clone(), idle))
             .build_with_hasher(BuildHasherDefault::default());
-        Self { cache, clock }
+        Self { cache, clock, idle }
     }
 
-    fn live(&self, record: Arc<Record>) -> Option<Arc<Record>> {
-        (!record.is_expired(self.clock.now())).then_some(record)
+    /// Moves `seen_at` to `now`, atomically with updates so a touch never
+    /// overwrites a concurrent write.
+    fn touch(&self, id: &KeyHash, now: i64) -> Option<Arc<Record>> {
+        let mut live = None;
+        self.cache.entry(*id).and_compute_with(|entry| {
+            let Some(current) = entry.map(|e| e.into_value()) else {
+                return Op::Nop;
+            };
+            if !current.is_live(now, self.idle) {
+                return Op::Remove;
+            }
+            if current.seen_at >= now {
+                live = Some(current);
+                return Op::Nop;
+            }
+            let touched = Arc::new(Record {
+                seen_at: now,
+                ..Record::clone(&current)
+            });
+            live = Some(touched.clone());
+            Op::Put(touched)
+        });
+        live
     }
 }
 
 #[async_trait]
-impl SessionStore for MemoryStore {
+impl Backend for MemoryStore {
     async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
-        Ok(self.cache.get(id).and_then(|r| self.live(r)))
+        let now = self.clock.now();
+        let Some(record) = self.cache.get(id) else {
+            return Ok(None);
+        };
+        if !record.is_live(now, self.idle) {
+            return Ok(None);
+        }
+        if self.idle.is_some() && record.seen_at < now {
+            return Ok(self.touch(id, now));
+        }
+        Ok(Some(record))
     }
 
     async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError> {
@@ -89,20 +121,20 @@ impl SessionStore for MemoryStore {
         id: &KeyHash,
         new_id: &KeyHash,
         edit: &Edit<'_>,
-    ) -> Result<Updated, UpdateError> {
+    ) -> Result<Change, UpdateError> {
         let now = self.clock.now();
-        let mut outcome = Updated::Gone;
+        let mut outcome = Change::Gone;
         self.cache.entry(*id).and_try_compute_with(
             |entry| -> Result<Op<Arc<Record>>, ApplyError> {
                 let Some(current) = entry.map(|e| e.into_value()) else {
                     return Ok(Op::Nop);
                 };
-                if current.is_expired(now) {
+                if !current.is_live(now, self.idle) {
                     return Ok(Op::Remove);
                 }
                 Ok(match edit(&current)? {
                     Next::Nothing => {
-                        outcome = Updated::Saved(current);
+                        outcome = Change::Saved(current);
                         Op::Nop
                     }
                     Next::Save {
@@ -110,24 +142,24 @@ impl SessionStore for MemoryStore {
                         rekey: false,
                     } => {
                         let record = Arc::new(record);
-                        outcome = Updated::Saved(record.clone());
+                        outcome = Change::Saved(record.clone());
                         Op::Put(record)
                     }
                     Next::Save {
                         record,
                         rekey: true,
                     } => {
-                        outcome = Updated::Moved(Arc::new(record));
+                        outcome = Change::Moved(Arc::new(record));
                         Op::Remove
                     }
                     Next::Delete => {
-                        outcome = Updated::Deleted;
+                        outcome = Change::Deleted;
                         Op::Remove
                     }
                 })
             },
         )?;
-        if let Updated::Moved(record) = &outcome {
+        if let Change::Moved(record) = &outcome {
             // The old key is already gone; the new one is unknown to anybody else yet.
             self.cache.insert(*new_id, record.clone());
         }
@@ -138,8 +170,47 @@ impl SessionStore for MemoryStore {
         Ok(self.cache.remove(id).is_some())
     }
 
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        let doomed: Vec<KeyHash> = self
+            .cache
+            .iter()
+            .filter(|(_, r)| r.subject.as_deref() == Some(subject))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut n = 0;
+        for id in doomed {
+            // Checked again under the entry's lock: the subject may have changed.
+            let mut removed = false;
+            self.cache.entry(id).and_compute_with(|entry| match entry {
+                Some(e) if e.value().subject.as_deref() == Some(subject) => {
+                    removed = true;
+                    Op::Remove
+                }
+                _ => Op::Nop,
+            });
+            n += u64::from(removed);
+        }
+        Ok(n)
+    }
+
     async fn count(&self) -> Result<u64, StoreError> {
         self.cache.run_pending_tasks();
         Ok(self.cache.entry_count())
+    }
+
+    async fn purge(&self) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let dead: Vec<KeyHash> = self
+            .cache
+            .iter()
+            .filter(|(_, r)| !r.is_live(now, self.idle))
+            .map(|(id, _)| *id)
+            .collect();
+        let n = dead.len() as u64;
+        for id in dead {
+            self.cache.invalidate(&id);
+        }
+        self.cache.run_pending_tasks();
+        Ok(n)
     }
 }

@@ -3,7 +3,9 @@
 //! [`SessionStore`] trait every store implements.
 
 mod key;
+pub mod keyed;
 pub mod memory;
+mod wire;
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 pub use key::{KeyHash, KeyHasher, SessionKey};
+pub use keyed::{Backend, Keyed, ReadCache};
+pub use wire::WireError;
 
 /// Serialized session data: always a JSON object, kept as text so it can be
 /// embedded in a token without serializing it again.
@@ -42,12 +46,28 @@ pub struct Record {
     pub expires_at: i64,
     /// How `expires_at` is computed on the next write.
     pub expiry: Expiry,
+    /// Unix seconds of the last read or write, for `session.idle_timeout`.
+    pub seen_at: i64,
+    /// Who the session belongs to (`P-subject`), for `revoke-subject`.
+    pub subject: Option<Box<str>>,
 }
 
 impl Record {
-    /// Whether the session is dead at `now`.
-    pub fn is_expired(&self, now: i64) -> bool {
-        self.expires_at <= now
+    /// Unix seconds at which the session dies: `expires_at`, or earlier when
+    /// it goes unused for `idle` seconds.
+    pub fn deadline(&self, idle: Option<u64>) -> i64 {
+        match idle {
+            Some(idle) => self.expires_at.min(
+                self.seen_at
+                    .saturating_add(i64::try_from(idle).unwrap_or(i64::MAX)),
+            ),
+            None => self.expires_at,
+        }
+    }
+
+    /// Whether the session is alive at `now` under an idle timeout of `idle` seconds.
+    pub fn is_live(&self, now: i64, idle: Option<u64>) -> bool {
+        now < self.deadline(idle)
     }
 }
 
@@ -60,6 +80,8 @@ pub struct Policy {
     pub expire_at_browser_close: bool,
     /// Largest serialized data accepted.
     pub max_bytes: usize,
+    /// Hard cap on a session's life from its creation, in seconds.
+    pub absolute_timeout: Option<u64>,
 }
 
 impl Policy {
@@ -88,6 +110,9 @@ pub enum Action {
     Flush,
     /// New key, same data; the old key dies at once.
     Cycle,
+    /// Delete every session of the current session's subject, this one
+    /// included; a later update starts a fresh one under a new key.
+    RevokeSubject,
 }
 
 /// Everything the upstream asked for in one response, in application order.
@@ -99,12 +124,17 @@ pub struct Changes {
     pub expiry: Option<Expiry>,
     /// `P-update` merge patches, each a JSON object.
     pub patches: Vec<Value>,
+    /// `P-subject`: `Some(None)` clears the subject.
+    pub subject: Option<Option<Box<str>>>,
 }
 
 impl Changes {
     /// True when the upstream asked for nothing.
     pub fn is_empty(&self) -> bool {
-        self.action.is_none() && self.expiry.is_none() && self.patches.is_empty()
+        self.action.is_none()
+            && self.expiry.is_none()
+            && self.patches.is_empty()
+            && self.subject.is_none()
     }
 }
 
@@ -138,6 +168,19 @@ pub enum ApplyError {
     /// Stored data is not a JSON object (a corrupt store entry).
     #[error("stored session data is not a JSON object: {0}")]
     Corrupt(String),
+    /// The sealed session would need more cookies than `store.cookie.max_chunks`.
+    #[error(
+        "the session would take {size} bytes of cookies, over the {max} bytes that store.cookie.max_chunks allows"
+    )]
+    CookieTooLarge {
+        /// Sealed size.
+        size: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
+    /// The upstream asked for something the configured store cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Applies `changes` to the current record (`None` for no session) at `now`:
@@ -152,13 +195,17 @@ pub fn apply(
     let mut data: Option<Map<String, Value>> = None;
     let mut expiry = current.map_or(Expiry::Default, |r| r.expiry);
     let mut created_at = current.map_or(now, |r| r.created_at);
+    let mut subject = current.and_then(|r| r.subject.clone());
     let mut rekey = false;
 
     match changes.action {
-        Some(Action::Flush) => {
+        // The proxy deletes the subject's sessions first; what is left to
+        // do here is what a flush does.
+        Some(Action::Flush | Action::RevokeSubject) => {
             data = Some(Map::new());
             expiry = Expiry::Default;
             created_at = now;
+            subject = None;
             rekey = true;
         }
         Some(Action::Cycle) => rekey = true,
@@ -166,6 +213,9 @@ pub fn apply(
     }
     if let Some(e) = changes.expiry {
         expiry = e;
+    }
+    if let Some(s) = &changes.subject {
+        subject = s.clone();
     }
     if !changes.patches.is_empty() {
         let base = match (data.take(), current) {
@@ -209,12 +259,19 @@ pub fn apply(
         });
     }
     let lifetime = i64::try_from(policy.lifetime(expiry)).unwrap_or(i64::MAX);
+    let mut expires_at = now.saturating_add(lifetime);
+    if let Some(cap) = policy.absolute_timeout {
+        let cap = created_at.saturating_add(i64::try_from(cap).unwrap_or(i64::MAX));
+        expires_at = expires_at.min(cap);
+    }
     Ok(Next::Save {
         record: Record {
             data: text,
             created_at,
-            expires_at: now.saturating_add(lifetime),
+            expires_at,
             expiry,
+            seen_at: now,
+            subject,
         },
         rekey: rekey && current.is_some(),
     })
@@ -250,13 +307,60 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// A live session's identity: its secret key and the cookie value that
+/// carries it. For server-side stores the cookie is the key; for the cookie
+/// store it is the sealed session and the key lives inside it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Handle {
+    key: SessionKey,
+    cookie: Box<str>,
+}
+
+impl Handle {
+    /// A handle for `key`, sent to the client as `cookie`.
+    pub fn new(key: SessionKey, cookie: impl Into<Box<str>>) -> Self {
+        Self {
+            key,
+            cookie: cookie.into(),
+        }
+    }
+
+    /// The secret key: stable for the session's life, changed by a cycle.
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    /// The cookie value to send to the client.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle({})", self.key.hash())
+    }
+}
+
+/// A live session as a store hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Its identity.
+    pub handle: Handle,
+    /// Its record.
+    pub record: Arc<Record>,
+    /// The cookie changed without a write (the cookie store refreshing an
+    /// idle deadline): it must be sent again even if nothing else changes.
+    pub refreshed: bool,
+}
+
 /// The result of [`SessionStore::update`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Updated {
     /// The record was written under the same key.
-    Saved(Arc<Record>),
-    /// The record was moved to the new key; the old one is gone.
-    Moved(Arc<Record>),
+    Saved(Loaded),
+    /// The record was moved to a new key; the old one is gone.
+    Moved(Loaded),
     /// The session was deleted.
     Deleted,
     /// The session was not there (expired or deleted concurrently): nothing written.
@@ -277,32 +381,55 @@ pub enum UpdateError {
     Apply(#[from] ApplyError),
 }
 
-/// A place sessions live. Every store keeps the same promises: lookups by
-/// [`KeyHash`] only, expiry honoured to the second, and `update` atomic
-/// against concurrent updates of the same session.
+/// What a store can and cannot promise, for the proxy and the contract tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Delete, flush and cycle kill the old cookie at once (false for the
+    /// cookie store: a copied cookie lives until it expires).
+    pub revocable: bool,
+    /// `revoke_subject` works: the store can find a subject's sessions.
+    pub subject_index: bool,
+}
+
+/// A place sessions live. Every store keeps the same promises: keys are
+/// never stored in the clear, expiry is honoured to the second with the
+/// store's clock, an idle timeout slides on every read, and `update` is
+/// atomic against concurrent updates of the same session.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug {
-    /// The live session under `id`, or `None` when unknown or expired.
-    async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError>;
+    /// The live session a cookie value names, or `None` when the cookie is
+    /// malformed, unknown or expired. Refreshes the idle deadline.
+    async fn load(&self, cookie: &str) -> Result<Option<Loaded>, StoreError>;
 
-    /// Stores a new session under a fresh `id`.
-    async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError>;
+    /// Stores a new session under a fresh key.
+    async fn create(&self, record: Record) -> Result<Loaded, UpdateError>;
 
-    /// Atomically runs `edit` on the current live record under `id` and stores
-    /// its result: in place, moved to `new_id` (the old key dies in the same
-    /// step), or deleted. Returns [`Updated::Gone`] when there is no live record.
+    /// Atomically runs `edit` on the current live record of `handle` and
+    /// stores its result: in place, moved to a fresh key (the old key dies in
+    /// the same step), or deleted. `may_rekey` is false when the edit cannot
+    /// ask for a new key, which saves drawing one. Returns [`Updated::Gone`]
+    /// when there is no live record.
     async fn update(
         &self,
-        id: &KeyHash,
-        new_id: &KeyHash,
+        handle: &Handle,
+        may_rekey: bool,
         edit: &Edit<'_>,
     ) -> Result<Updated, UpdateError>;
 
-    /// Deletes the session under `id`; true if there was one.
-    async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError>;
+    /// Deletes the session; true if there was one.
+    async fn delete(&self, handle: &Handle) -> Result<bool, StoreError>;
+
+    /// Deletes every session tagged with `subject`; returns how many.
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError>;
 
     /// Number of live sessions (approximate for caching stores).
     async fn count(&self) -> Result<u64, StoreError>;
+
+    /// Removes expired sessions now; returns how many.
+    async fn purge(&self) -> Result<u64, StoreError>;
+
+    /// What this store promises.
+    fn capabilities(&self) -> Capabilities;
 }
 
 #[cfg(test)]
@@ -314,6 +441,7 @@ mod tests {
         max_age: 100,
         expire_at_browser_close: false,
         max_bytes: 64,
+        absolute_timeout: None,
     };
 
     fn record(data: &str) -> Record {
@@ -322,6 +450,8 @@ mod tests {
             created_at: 10,
             expires_at: 110,
             expiry: Expiry::Default,
+            seen_at: 10,
+            subject: None,
         }
     }
 
@@ -330,6 +460,7 @@ mod tests {
             action,
             expiry,
             patches: patches.to_vec(),
+            subject: None,
         }
     }
 
@@ -483,5 +614,54 @@ mod tests {
         assert!(!p.is_browser_session(Expiry::Idle(5)));
         assert!(POLICY.is_browser_session(Expiry::BrowserClose));
         assert!(!POLICY.is_browser_session(Expiry::Default));
+    }
+    #[test]
+    fn absolute_timeout_caps_from_creation() {
+        let p = Policy {
+            absolute_timeout: Some(30),
+            ..POLICY
+        };
+        let cur = record(r#"{"a":1}"#);
+        let (r, _) = saved(apply(Some(&cur), &Changes::default(), &p, 20).unwrap());
+        assert_eq!(r.expires_at, 40, "created at 10 + 30, not 20 + 100");
+        let c = changes(Some(Action::Cycle), None, &[]);
+        let (r, _) = saved(apply(Some(&cur), &c, &p, 20).unwrap());
+        assert_eq!(r.expires_at, 40, "a cycle keeps the creation time");
+        let c = changes(Some(Action::Flush), None, &[json!({"b": 1})]);
+        let (r, _) = saved(apply(Some(&cur), &c, &p, 20).unwrap());
+        assert_eq!(r.expires_at, 50, "a flush starts a new session");
+    }
+
+    #[test]
+    fn idle_deadline_slides_with_seen_at() {
+        let mut r = record("{}");
+        assert_eq!(r.deadline(None), 110);
+        assert_eq!(r.deadline(Some(30)), 40);
+        assert!(r.is_live(39, Some(30)) && !r.is_live(40, Some(30)));
+        r.seen_at = 100;
+        assert_eq!(r.deadline(Some(30)), 110, "never past expires_at");
+        assert_eq!(r.deadline(Some(u64::MAX)), 110);
+    }
+
+    #[test]
+    fn subject_is_set_cleared_and_dropped_by_flush() {
+        let mut c = changes(None, None, &[json!({"a": 1})]);
+        c.subject = Some(Some("user:7".into()));
+        let (r, _) = saved(apply(None, &c, &POLICY, 5).unwrap());
+        assert_eq!(r.subject.as_deref(), Some("user:7"));
+        assert_eq!(r.seen_at, 5);
+        let (kept, _) = saved(apply(Some(&r), &Changes::default(), &POLICY, 6).unwrap());
+        assert_eq!(kept.subject.as_deref(), Some("user:7"));
+        let mut clear = Changes::default();
+        clear.subject = Some(None);
+        assert!(!clear.is_empty());
+        let (cleared, _) = saved(apply(Some(&r), &clear, &POLICY, 6).unwrap());
+        assert_eq!(cleared.subject, None);
+        let c = changes(Some(Action::RevokeSubject), None, &[json!({"f": 1})]);
+        let (fresh, rekey) = saved(apply(Some(&r), &c, &POLICY, 7).unwrap());
+        assert_eq!(
+            (fresh.subject, &*fresh.data, rekey),
+            (None, r#"{"f":1}"#, true)
+        );
     }
 }

@@ -1,0 +1,230 @@
+//! Server-side stores: the cookie holds a random key, the store keeps the
+//! record under the key's hash. [`Keyed`] turns any [`Backend`] (memory,
+//! SQLite, Redis) into a [`SessionStore`]: it parses cookies, draws new keys
+//! and runs the optional read cache, so each backend only maps hashes to
+//! records.
+
+use std::fmt::Debug;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::sync::Cache;
+
+use super::{
+    Capabilities, Edit, Handle, KeyHash, KeyHasher, Loaded, Record, SessionKey, SessionStore,
+    StoreError, UpdateError, Updated,
+};
+use crate::clock::Clock;
+
+/// The result of [`Backend::update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Written under the same hash.
+    Saved(Arc<Record>),
+    /// Written under the new hash; the old one is gone.
+    Moved(Arc<Record>),
+    /// Deleted.
+    Deleted,
+    /// No live record: nothing written.
+    Gone,
+}
+
+/// A server-side store addressed by key hashes. The liveness rules are the
+/// [`SessionStore`] ones: a record is live while `now < deadline(idle)`, with
+/// `now` from the store's clock, and a load moves `seen_at` to now when the
+/// store has an idle timeout.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug {
+    /// The live record under `id`, its idle deadline refreshed.
+    async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError>;
+    /// Stores a new record under a fresh `id`.
+    async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError>;
+    /// Runs `edit` atomically on the live record under `id`; a rekey moves it to `new_id`.
+    async fn update(
+        &self,
+        id: &KeyHash,
+        new_id: &KeyHash,
+        edit: &Edit<'_>,
+    ) -> Result<Change, UpdateError>;
+    /// Deletes the record under `id`; true if there was one.
+    async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError>;
+    /// Deletes every record tagged with `subject`; returns how many.
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError>;
+    /// Number of live records.
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Removes dead records; returns how many.
+    async fn purge(&self) -> Result<u64, StoreError>;
+}
+
+/// `store.cache`: a short-lived copy of recently read sessions in this
+/// process, so hot sessions skip a network round trip on reads.
+#[derive(Debug)]
+pub struct ReadCache {
+    cache: Cache<KeyHash, Arc<Record>, BuildHasherDefault<KeyHasher>>,
+}
+
+impl ReadCache {
+    /// Keeps at most `max_sessions` copies, each for at most `ttl`.
+    pub fn new(ttl: Duration, max_sessions: u64) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(max_sessions)
+                .time_to_live(ttl)
+                .build_with_hasher(BuildHasherDefault::default()),
+        }
+    }
+}
+
+/// A [`SessionStore`] over a [`Backend`], with an optional [`ReadCache`].
+#[derive(Debug)]
+pub struct Keyed<B> {
+    backend: B,
+    cache: Option<ReadCache>,
+    clock: Arc<dyn Clock>,
+    idle: Option<u64>,
+}
+
+impl<B: Backend> Keyed<B> {
+    /// Wraps `backend`; `idle` is the store's idle timeout, for checking cached copies.
+    pub fn new(
+        backend: B,
+        cache: Option<ReadCache>,
+        clock: Arc<dyn Clock>,
+        idle: Option<u64>,
+    ) -> Self {
+        Self {
+            backend,
+            cache,
+            clock,
+            idle,
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn forget(&self, ids: &[&KeyHash]) {
+        if let Some(c) = &self.cache {
+            for id in ids {
+                c.cache.invalidate(*id);
+            }
+        }
+    }
+
+    fn loaded(key: SessionKey, record: Arc<Record>) -> Loaded {
+        let cookie = key.encode();
+        Loaded {
+            handle: Handle::new(key, cookie),
+            record,
+            refreshed: false,
+        }
+    }
+}
+
+fn generate(op: &'static str) -> Result<SessionKey, StoreError> {
+    SessionKey::generate().ok_or_else(|| StoreError {
+        op,
+        message: "the OS random generator failed".into(),
+    })
+}
+
+#[async_trait]
+impl<B: Backend> SessionStore for Keyed<B> {
+    async fn load(&self, cookie: &str) -> Result<Option<Loaded>, StoreError> {
+        let Some(key) = SessionKey::parse(cookie) else {
+            return Ok(None);
+        };
+        let id = key.hash();
+        if let Some(c) = &self.cache {
+            if let Some(record) = c.cache.get(&id) {
+                if record.is_live(self.clock.now(), self.idle) {
+                    return Ok(Some(Self::loaded(key, record)));
+                }
+                c.cache.invalidate(&id);
+            }
+        }
+        let Some(record) = self.backend.load(&id).await? else {
+            return Ok(None);
+        };
+        if let Some(c) = &self.cache {
+            c.cache.insert(id, record.clone());
+        }
+        Ok(Some(Self::loaded(key, record)))
+    }
+
+    async fn create(&self, record: Record) -> Result<Loaded, UpdateError> {
+        let key = generate("create")?;
+        let record = self.backend.create(&key.hash(), record).await?;
+        Ok(Self::loaded(key, record))
+    }
+
+    async fn update(
+        &self,
+        handle: &Handle,
+        may_rekey: bool,
+        edit: &Edit<'_>,
+    ) -> Result<Updated, UpdateError> {
+        let id = handle.key().hash();
+        let new_key = if may_rekey {
+            Some(generate("update")?)
+        } else {
+            None
+        };
+        let new_id = new_key.as_ref().map_or(id, SessionKey::hash);
+        // Forget first: a failed or partial write must not leave a stale copy.
+        self.forget(&[&id]);
+        let change = self.backend.update(&id, &new_id, edit).await;
+        self.forget(&[&id]);
+        Ok(match change? {
+            Change::Saved(record) => Updated::Saved(Loaded {
+                handle: handle.clone(),
+                record,
+                refreshed: false,
+            }),
+            Change::Moved(record) => {
+                let key = new_key.ok_or_else(|| StoreError {
+                    op: "update",
+                    message: "the store moved a session that was not allowed to move".into(),
+                })?;
+                Updated::Moved(Self::loaded(key, record))
+            }
+            Change::Deleted => Updated::Deleted,
+            Change::Gone => Updated::Gone,
+        })
+    }
+
+    async fn delete(&self, handle: &Handle) -> Result<bool, StoreError> {
+        let id = handle.key().hash();
+        self.forget(&[&id]);
+        self.backend.delete(&id).await
+    }
+
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        let n = self.backend.revoke_subject(subject).await?;
+        if let Some(c) = &self.cache {
+            // This replica's copies of the subject's sessions: drop them all
+            // rather than track which ones they were.
+            c.cache.invalidate_all();
+        }
+        Ok(n)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.backend.count().await
+    }
+
+    async fn purge(&self) -> Result<u64, StoreError> {
+        self.backend.purge().await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            revocable: true,
+            subject_index: true,
+        }
+    }
+}
