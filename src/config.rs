@@ -970,7 +970,7 @@ impl TryFrom<RawConfig> for Config {
         };
 
         let store = validate_store(&raw.store, &mut c);
-        let store_cache = raw.store.cache.as_ref().and_then(|cache| {
+        let store_cache = raw.store.cache.as_ref().map(|cache| {
             let ttl_ms = c.positive("store.cache.ttl_ms", cache.ttl_ms);
             let max_sessions = c.positive("store.cache.max_sessions", cache.max_sessions);
             if matches!(store, StoreConfig::Cookie(_)) {
@@ -979,10 +979,10 @@ impl TryFrom<RawConfig> for Config {
                     "applies to server-side stores only; the cookie store has nothing to cache",
                 );
             }
-            Some(StoreCacheConfig {
+            StoreCacheConfig {
                 ttl: Duration::from_millis(ttl_ms),
                 max_sessions,
-            })
+            }
         });
 
         let secret = match raw.signing.secret.as_deref() {

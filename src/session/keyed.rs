@@ -139,13 +139,13 @@ impl<B: Backend> SessionStore for Keyed<B> {
             return Ok(None);
         };
         let id = key.hash();
-        if let Some(c) = &self.cache {
-            if let Some(record) = c.cache.get(&id) {
-                if record.is_live(self.clock.now(), self.idle) {
-                    return Ok(Some(Self::loaded(key, record)));
-                }
-                c.cache.invalidate(&id);
+        if let Some(c) = &self.cache
+            && let Some(record) = c.cache.get(&id)
+        {
+            if record.is_live(self.clock.now(), self.idle) {
+                return Ok(Some(Self::loaded(key, record)));
             }
+            c.cache.invalidate(&id);
         }
         let Some(record) = self.backend.load(&id).await? else {
             return Ok(None);

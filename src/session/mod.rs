@@ -652,8 +652,10 @@ mod tests {
         assert_eq!(r.seen_at, 5);
         let (kept, _) = saved(apply(Some(&r), &Changes::default(), &POLICY, 6).unwrap());
         assert_eq!(kept.subject.as_deref(), Some("user:7"));
-        let mut clear = Changes::default();
-        clear.subject = Some(None);
+        let clear = Changes {
+            subject: Some(None),
+            ..Default::default()
+        };
         assert!(!clear.is_empty());
         let (cleared, _) = saved(apply(Some(&r), &clear, &POLICY, 6).unwrap());
         assert_eq!(cleared.subject, None);
