@@ -112,7 +112,7 @@ impl XorShift {
         (0..len)
             .map(|_| {
                 let r = self.next();
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     SPECIAL[(r >> 8) as usize % SPECIAL.len()]
                 } else {
                     0x20 + ((r >> 8) % 0x5f) as u8
@@ -137,10 +137,10 @@ async fn random_cookies_and_random_update_headers_never_break_the_proxy() {
         };
         let name = ["x-session-update", "x-session-action", "x-session-expiry"][i % 3];
         let mut req = h.client.get("/").without_jar();
-        if let Ok(v) = http::HeaderValue::from_str(&format!("sessionid={cookie}")) {
-            if let Ok(text) = v.to_str() {
-                req = req.header("cookie", text);
-            }
+        if let Ok(v) = http::HeaderValue::from_str(&format!("sessionid={cookie}"))
+            && let Ok(text) = v.to_str()
+        {
+            req = req.header("cookie", text);
         }
         if http::HeaderValue::from_str(&value).is_ok() {
             req = req.reply(name, &value);
