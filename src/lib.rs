@@ -23,28 +23,52 @@ use std::sync::Arc;
 
 use clock::Clock;
 use config::{Config, StoreConfig};
+use session::cookie::CookieStore;
 use session::memory::MemoryStore;
-use session::{Keyed, ReadCache, SessionStore};
+use session::redis::RedisStore;
+use session::sqlite::SqliteStore;
+use session::{Keyed, ReadCache, SessionStore, StoreError};
 
-/// The store a configuration selects.
-pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Arc<dyn SessionStore> {
+/// The store a configuration selects. Fails only on what a restart will
+/// not fix (a database file that cannot be opened, a URL that cannot be
+/// parsed); a store that is merely down is connected to in the background.
+pub fn build_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
     let idle = config.session.idle_timeout;
     let cache = || {
         config
             .store_cache
             .map(|c| ReadCache::new(c.ttl, c.max_sessions))
     };
-    match &config.store {
+    Ok(match &config.store {
         StoreConfig::Memory { max_sessions } => Arc::new(Keyed::new(
             MemoryStore::new(*max_sessions, idle, clock.clone()),
             cache(),
             clock,
             idle,
         )),
-        StoreConfig::Sqlite(_) | StoreConfig::Redis(_) | StoreConfig::Cookie(_) => {
-            todo!("stores being built")
-        }
-    }
+        StoreConfig::Sqlite(c) => Arc::new(Keyed::new(
+            SqliteStore::open(c, idle, clock.clone())?,
+            cache(),
+            clock,
+            idle,
+        )),
+        StoreConfig::Redis(c) => Arc::new(Keyed::new(
+            RedisStore::new(c, idle, clock.clone())?,
+            cache(),
+            clock,
+            idle,
+        )),
+        StoreConfig::Cookie(c) => Arc::new(CookieStore::new(
+            c,
+            &config.cookie.name,
+            &config.signing.secret,
+            idle,
+            clock,
+        )),
+    })
 }
 
 pub use server::StartError;
@@ -52,6 +76,6 @@ pub use server::StartError;
 /// Starts a proxy for `config`: builds the store, binds and serves. The
 /// returned server knows its bound address (port 0 resolves here).
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<server::Server, StartError> {
-    let store = build_store(config, clock.clone());
+    let store = build_store(config, clock.clone()).map_err(StartError::Store)?;
     server::Server::start(config, store, clock)
 }

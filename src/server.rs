@@ -53,6 +53,9 @@ pub enum StartError {
     /// The proxy could not be built.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The session store could not be opened.
+    #[error(transparent)]
+    Store(crate::session::StoreError),
 }
 
 /// A running server: its bound address and the handle to stop it.

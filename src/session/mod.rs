@@ -2,9 +2,12 @@
 //! that turn an upstream's requested changes into the next record, and the
 //! [`SessionStore`] trait every store implements.
 
+pub mod cookie;
 mod key;
 pub mod keyed;
 pub mod memory;
+pub mod redis;
+pub mod sqlite;
 mod wire;
 
 use std::sync::Arc;

@@ -264,7 +264,9 @@ impl Harness {
         adjust(&mut raw);
         let config = Config::try_from(raw).expect("test config is valid");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
-        let store = store.unwrap_or_else(|| sessionward::build_store(&config, clock.clone()));
+        let store = store.unwrap_or_else(|| {
+            sessionward::build_store(&config, clock.clone()).expect("the configured store opens")
+        });
         let server = Server::start(&config, store.clone(), clock.clone()).unwrap();
         let addr = server.local_addr();
         Harness {
