@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sessionward::clock::SystemClock;
-use sessionward::config::{Config, ConfigError};
+use sessionward::config::{Config, ConfigError, StoreConfig};
 use sessionward::server::StopHandle;
 use sessionward::telemetry::{self, LogFormat};
 use tracing::info;
@@ -43,6 +43,13 @@ enum Command {
         #[arg(short, long, env = "SESSIONWARD_CONFIG")]
         config: PathBuf,
     },
+    /// Remove expired sessions from the configured store now (SQLite; Redis
+    /// and the cookie store expire sessions by themselves).
+    Purge {
+        /// The YAML configuration file.
+        #[arg(short, long, env = "SESSIONWARD_CONFIG")]
+        config: PathBuf,
+    },
     /// Start the proxy in front of a built-in demo app, with the in-memory store.
     Demo {
         /// Where the proxy listens.
@@ -58,7 +65,21 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(runtime().and_then(|rt| rt.block_on(run(config)))),
         Command::Demo { listen } => report(runtime().and_then(|rt| rt.block_on(demo(listen)))),
+        Command::Purge { config } => report(runtime().and_then(|rt| rt.block_on(purge(config)))),
     }
+}
+
+async fn purge(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    if matches!(config.store, StoreConfig::Memory { .. }) {
+        anyhow::bail!(
+            "the memory store lives inside the running proxy and expires sessions by itself; there is nothing to purge from outside"
+        );
+    }
+    let store = sessionward::build_store(&config, Arc::new(SystemClock))?;
+    let purged = store.purge().await?;
+    println!("purged {purged} expired session(s)");
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -157,3 +157,24 @@ fn run_serves_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn purge_explains_that_the_memory_store_has_nothing_to_purge() {
+    let dir = temp_dir("purge-memory");
+    let path = write_config(
+        &dir,
+        "memory.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\n",
+            common::SECRET
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["purge", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory store lives inside the running proxy"), "{err}");
+}
