@@ -176,5 +176,8 @@ fn purge_explains_that_the_memory_store_has_nothing_to_purge() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("memory store lives inside the running proxy"), "{err}");
+    assert!(
+        err.contains("memory store lives inside the running proxy"),
+        "{err}"
+    );
 }

@@ -4,8 +4,8 @@
 mod common;
 
 use common::Harness;
-use sessionward::clock::Clock;
 use http::StatusCode;
+use sessionward::clock::Clock;
 
 /// Logs a fresh client in as `user`: a session tagged with the subject.
 async fn login(h: &Harness, user: &str) -> common::Client {
@@ -57,7 +57,10 @@ async fn revoke_subject_ends_every_session_of_the_subject_and_no_other() {
     assert_eq!(claims.sub, None);
 
     laptop.get("/").send().await;
-    assert!(h.last_claims().new, "the laptop's session survived revocation");
+    assert!(
+        h.last_claims().new,
+        "the laptop's session survived revocation"
+    );
     bob.get("/").send().await;
     assert_eq!(h.last_claims().data["user"], "bob");
     assert_eq!(h.sessions().await, 2, "bob's and the phone's fresh one");
@@ -94,7 +97,10 @@ async fn an_overlong_subject_is_refused_with_nothing_applied() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     ann.get("/").send().await;
     let claims = h.last_claims();
-    assert_eq!((claims.sub.as_deref(), claims.data.get("more")), (Some("ann"), None));
+    assert_eq!(
+        (claims.sub.as_deref(), claims.data.get("more")),
+        (Some("ann"), None)
+    );
 }
 
 #[tokio::test]
@@ -106,7 +112,11 @@ async fn idle_timeout_slides_on_every_request_and_kills_an_unused_session() {
         ann.get("/").send().await;
         let claims = h.last_claims();
         assert!(!claims.new, "a request within 30 s keeps the session");
-        assert_eq!(claims.expires, Some(h.clock.now() + 30), "the token shows the slid deadline");
+        assert_eq!(
+            claims.expires,
+            Some(h.clock.now() + 30),
+            "the token shows the slid deadline"
+        );
     }
     h.clock.advance(30);
     ann.get("/").send().await;
@@ -130,4 +140,3 @@ async fn absolute_timeout_ends_a_session_however_busy() {
     ann.get("/").send().await;
     assert!(h.last_claims().new, "alive past its absolute timeout");
 }
-
