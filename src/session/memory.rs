@@ -76,7 +76,7 @@ impl MemoryStore {
     fn insert(&self, id: KeyHash, record: Arc<Record>, now: i64) {
         let mut shard = self.shard(&id);
         shard.inserts = shard.inserts.wrapping_add(1);
-        if shard.inserts % SWEEP_EVERY == 0 || shard.map.len() >= self.per_shard {
+        if shard.inserts.is_multiple_of(SWEEP_EVERY) || shard.map.len() >= self.per_shard {
             shard.map.retain(|_, r| r.is_live(now, self.idle));
         }
         if shard.map.len() >= self.per_shard {
