@@ -452,3 +452,10 @@ async fn memory(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
 }
 
 contract!(memory, memory);
+
+async fn cookie(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
+    raw.store.kind = "cookie".into();
+    Some((raw, Box::new(())))
+}
+
+contract!(cookie, cookie);
