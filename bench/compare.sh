@@ -6,16 +6,22 @@
 #   (b) nginx proxy_pass to the backend (upstream keepalive 64, HTTP/1.1)
 #   (c) sessionward (release build, in-memory store) with a live session
 #       cookie on every request: every request loads a session and signs a JWT
+#   (d) the same with the SQLite store (a file in the work directory)
+#   (e) the same with the Redis store (a redis-server of its own, no persistence)
+#   (w) sessionward with SQLite, every request writing its session: the
+#       backend answers /touch with an update header, so req/s = session writes/s
 #
-# Prints req/s and p50/p99 latency per arm plus the ratios c/b and c/a, and
-# writes the same table to bench/results-latest.txt. See bench/README.md.
+# Prints req/s and p50/p99 latency per arm plus the ratios of every
+# sessionward arm to nginx (x/b), and of redis to memory (e/c); writes the
+# same table to bench/results-latest.txt. See bench/README.md.
 #
 # Settings (environment):
 #   DURATION=10s     measured wrk run per arm and round
 #   CONNECTIONS=64   wrk -c
 #   THREADS=2        wrk -t
 #   WARMUP=2s        wrk run before each measured run (0 to skip)
-#   ROUNDS=1         >1: arms run interleaved a,b,c,a,b,c,...; medians are reported
+#   ROUNDS=1         >1: arms run interleaved a,b,c,...,a,b,c,...; medians are reported
+#   ARMS="a b c d e w"  which arms to run, in this order
 #   SESSIONWARD_BIN  use this binary instead of running `cargo build --release`
 #   KEEP_WORKDIR=1   keep the temporary directory (configs, logs, wrk output)
 set -euo pipefail
@@ -30,7 +36,7 @@ ROUNDS=${ROUNDS:-1}
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$script_dir")
 results_file=$script_dir/results-latest.txt
-arms=(a b c)
+read -r -a arms <<<"${ARMS:-a b c d e w}"
 READY_TIMEOUT=15
 
 log() { printf '%s\n' "$*" >&2; }
@@ -74,6 +80,9 @@ ensure_tools() {
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    if [[ " ${arms[*]} " == *" e "* ]]; then
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    fi
     ((${#missing[@]} == 0)) && return 0
 
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
@@ -200,15 +209,15 @@ wait_ready() { # name url pid logfile
 
 # --- ports and configuration ------------------------------------------------
 
-# Three distinct free ports, held open together while they are picked.
+# Distinct free ports, held open together while they are picked.
 ports=$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 ') || die "could not pick free ports"
-read -r backend_port proxy_port sw_port <<<"$ports"
+read -r backend_port proxy_port sw_port sqlite_port redis_sw_port redis_port <<<"$ports"
 
 # -e (nginx >= 1.19.5) keeps nginx off the system error log during startup.
 nginx_help=$("$nginx_bin" -h 2>&1 || true)
@@ -259,6 +268,11 @@ write_nginx_conf "$backend_dir" 1 "$(
             add_header x-session-update '{"user":"bench","role":"reader"}';
             return 200 "ok\n";
         }
+        # Every request writes the session (the same data: a write all the same).
+        location = /touch {
+            add_header x-session-update '{"user":"bench"}';
+            return 200 "ok\n";
+        }
         # Echoes the token sessionward sent, for the check before measuring.
         location = /__bench/token {
             add_header x-bench-token \$http_x_session;
@@ -291,22 +305,33 @@ EOF
 )"
 
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-sw_config=$work/sessionward.yaml
-sw_log=$work/sessionward.log
-(
-    umask 077
-    cat >"$sw_config" <<EOF
-listen: 127.0.0.1:$sw_port
+
+write_sw_config() { # name port store-yaml
+    (
+        umask 077
+        cat >"$work/$1.yaml" <<EOF
+listen: 127.0.0.1:$2
 upstream: http://127.0.0.1:$backend_port
 cookie:
   secure: false
 store:
-  kind: memory
+$3
 signing:
   secret: $secret
 shutdown_grace: 2
 EOF
-)
+    )
+}
+
+uses() { [[ " ${arms[*]} " == *" $1 "* ]]; }
+
+write_sw_config memory "$sw_port" "  kind: memory"
+write_sw_config sqlite "$sqlite_port" "  kind: sqlite
+  sqlite:
+    path: $work/sessions.db"
+write_sw_config redis "$redis_sw_port" "  kind: redis
+  redis:
+    url: redis://127.0.0.1:$redis_port/0"
 
 # --- start ------------------------------------------------------------------
 
@@ -322,23 +347,76 @@ start_nginx "$proxy_dir"
 proxy_pid=${pids[-1]}
 wait_ready "proxy nginx" "$proxy_url/" "$proxy_pid" "$proxy_dir/error.log"
 
-RUST_LOG=warn "$sw_bin" run --config "$sw_config" >"$sw_log" 2>&1 &
-pids+=("$!")
-sw_pid=$!
-wait_ready sessionward "$sw_url/" "$sw_pid" "$sw_log"
-log "backend $backend_url (pid $backend_pid), nginx proxy $proxy_url (pid $proxy_pid), sessionward $sw_url (pid $sw_pid)"
-
-# --- a session, and checks before measuring ----------------------------------
-
-login_response=$(curl -sS -i --max-time 5 "$sw_url/login" | tr -d '\r') ||
-    die "GET $sw_url/login failed"
-cookie_value=$(awk 'tolower($0) ~ /^set-cookie:[ \t]*sessionid=/ {
-    sub(/^[^=]*=/, ""); sub(/;.*/, ""); print; exit }' <<<"$login_response")
-if [[ -z $cookie_value ]]; then
-    log "$login_response"
-    show_log "$sw_log"
-    die "could not obtain a session cookie: GET /login through sessionward set no sessionid cookie"
+if uses e; then
+    redis_dir=$work/redis
+    mkdir -p "$redis_dir"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$redis_dir" --logfile "$redis_dir/redis.log" >/dev/null 2>&1 &
+    pids+=("$!")
+    redis_pid=$!
+    deadline=$((SECONDS + READY_TIMEOUT))
+    until [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]]; do
+        alive "$redis_pid" || die "redis-server exited during startup"
+        ((SECONDS < deadline)) || die "redis-server not ready after ${READY_TIMEOUT}s"
+        sleep 0.1
+    done
 fi
+
+declare -A sw_pid_of=() sw_url_of=() cookie_of=() sw_log_of=()
+
+start_sessionward() { # arm name port
+    local arm=$1 name=$2 url=http://127.0.0.1:$3 logfile=$work/$2.log response cookie
+    RUST_LOG=warn "$sw_bin" run --config "$work/$name.yaml" >"$logfile" 2>&1 &
+    pids+=("$!")
+    sw_pid_of[$arm]=$!
+    sw_url_of[$arm]=$url
+    sw_log_of[$arm]=$logfile
+    wait_ready "sessionward ($name)" "$url/" "${sw_pid_of[$arm]}" "$logfile"
+    response=$(curl -sS -i --max-time 5 "$url/login" | tr -d '\r') || die "GET $url/login failed"
+    cookie=$(awk 'tolower($0) ~ /^set-cookie:[ \t]*sessionid=/ {
+        sub(/^[^=]*=/, ""); sub(/;.*/, ""); print; exit }' <<<"$response")
+    if [[ -z $cookie ]]; then
+        log "$response"
+        show_log "$logfile"
+        die "could not obtain a session cookie: GET /login through sessionward ($name) set no sessionid cookie"
+    fi
+    cookie_of[$arm]=$cookie
+}
+
+uses c && start_sessionward c memory "$sw_port"
+uses d && start_sessionward d sqlite "$sqlite_port"
+uses e && start_sessionward e redis "$redis_sw_port"
+if uses w; then
+    # The write arm shares the SQLite proxy when both run.
+    if uses d; then
+        sw_pid_of[w]=${sw_pid_of[d]} sw_url_of[w]=${sw_url_of[d]}
+        sw_log_of[w]=${sw_log_of[d]} cookie_of[w]=${cookie_of[d]}
+    else
+        start_sessionward w sqlite "$sqlite_port"
+    fi
+fi
+log "backend $backend_url (pid $backend_pid), nginx proxy $proxy_url (pid $proxy_pid)"
+for arm in c d e w; do
+    if uses $arm; then
+        log "sessionward arm $arm at ${sw_url_of[$arm]} (pid ${sw_pid_of[$arm]})"
+    fi
+done
+
+# --- checks before measuring --------------------------------------------------
+
+# The first sessionward arm's session is checked in depth; every arm's
+# cookie was checked when it was obtained.
+check_arm=
+for arm in c d e w; do
+    if uses $arm; then
+        check_arm=$arm
+        break
+    fi
+done
+[[ -n $check_arm ]] || die "ARMS holds no sessionward arm (c, d, e or w)"
+sw_url=${sw_url_of[$check_arm]}
+sw_log=${sw_log_of[$check_arm]}
+cookie_value=${cookie_of[$check_arm]}
 
 check_headers=$work/check.headers
 status=$(curl -sS -o /dev/null -D "$check_headers" -w '%{http_code}' --max-time 5 \
@@ -385,6 +463,9 @@ arm_label() {
     a) printf 'a backend direct' ;;
     b) printf 'b nginx proxy_pass' ;;
     c) printf 'c sessionward (memory, session)' ;;
+    d) printf 'd sessionward (sqlite, session)' ;;
+    e) printf 'e sessionward (redis, session)' ;;
+    w) printf 'w sessionward (sqlite, writes)' ;;
     *) die "unknown arm $1" ;;
     esac
 }
@@ -393,7 +474,8 @@ arm_url() {
     case $1 in
     a) printf '%s/' "$backend_url" ;;
     b) printf '%s/' "$proxy_url" ;;
-    c) printf '%s/' "$sw_url" ;;
+    c | d | e) printf '%s/' "${sw_url_of[$1]}" ;;
+    w) printf '%s/touch' "${sw_url_of[$1]}" ;;
     *) die "unknown arm $1" ;;
     esac
 }
@@ -405,8 +487,8 @@ results=$work/results.txt
 
 run_wrk() { # arm duration outfile
     local args=(--latency -t "$THREADS" -c "$CONNECTIONS" -d "$2")
-    if [[ $1 == c ]]; then
-        args+=(-H "Cookie: sessionid=$cookie_value")
+    if [[ -n ${cookie_of[$1]:-} ]]; then
+        args+=(-H "Cookie: sessionid=${cookie_of[$1]}")
     fi
     # Waited for in the background, so Ctrl-C interrupts `wait` at once and
     # the cleanup stops wrk with the servers.
@@ -462,9 +544,9 @@ parse_wrk() { # outfile
 
 all_alive() {
     local pid
-    for pid in "$backend_pid" "$proxy_pid" "$sw_pid"; do
+    for pid in "$backend_pid" "$proxy_pid" "${sw_pid_of[@]}"; do
         if ! alive "$pid"; then
-            show_log "$sw_log"
+            for f in "${sw_log_of[@]}"; do show_log "$f"; done
             show_log "$backend_dir/error.log"
             show_log "$proxy_dir/error.log"
             die "a server under test (pid $pid) exited during the benchmark"
@@ -553,7 +635,16 @@ report=$work/report.txt
             printf 'n/a'
         fi
     }
-    printf 'c/b = %s   c/a = %s\n' "$(ratio c b)" "$(ratio c a)"
+    line=
+    for arm in c d e; do
+        if uses $arm; then line+="$arm/b = $(ratio $arm b)   "; fi
+    done
+    if uses c; then line+="c/a = $(ratio c a)   "; fi
+    if uses e && uses c; then line+="e/c = $(ratio e c) (redis/memory, target >= 0.80)"; fi
+    printf '%s\n' "$line"
+    if [[ -n ${rps_of[w]:-} ]]; then
+        printf 'sqlite session writes/s = %.0f (target >= 10000)\n' "${rps_of[w]}"
+    fi
     if ((ROUNDS > 1)); then
         printf '# req/s min-max over %s rounds:' "$ROUNDS"
         for arm in "${arms[@]}"; do
@@ -568,11 +659,13 @@ report=$work/report.txt
 } >"$report"
 
 # Warnings or errors sessionward logged while being measured.
-if [[ -s $sw_log ]]; then
-    log "sessionward logged $(wc -l <"$sw_log") line(s) at warn level or above; first ones:"
-    head -n 5 "$sw_log" >&2
-    printf '# sessionward logged %s line(s) at warn or above during the run\n' "$(wc -l <"$sw_log")" >>"$report"
-fi
+for f in $(printf '%s\n' "${sw_log_of[@]}" | sort -u); do
+    if [[ -s $f ]]; then
+        log "$(basename "$f"): $(wc -l <"$f") line(s) at warn level or above; first ones:"
+        head -n 5 "$f" >&2
+        printf '# %s: %s line(s) at warn or above during the run\n' "$(basename "$f")" "$(wc -l <"$f")" >>"$report"
+    fi
+done
 
 cat "$report"
 cp "$report" "$results_file"
