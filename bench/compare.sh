@@ -667,6 +667,19 @@ for f in $(printf '%s\n' "${sw_log_of[@]}" | sort -u); do
     fi
 done
 
+# Memory per stored session in the memory store (target: under 400 bytes
+# beyond a 100-byte payload at 1,000,000 sessions). Needs cargo for the
+# example; MEMORY_SESSIONS=0 skips it.
+memory_sessions=${MEMORY_SESSIONS:-1000000}
+if [[ $memory_sessions != 0 ]] && command -v cargo >/dev/null 2>&1; then
+    log "measuring memory per session at $memory_sessions sessions"
+    if mem_line=$(cd "$root" && cargo run --quiet --release --example memory_per_session -- "$memory_sessions" 2>/dev/null); then
+        printf 'memory store: %s (target overhead < 400 B)\n' "$mem_line" >>"$report"
+    else
+        printf '# memory per session: the example failed\n' >>"$report"
+    fi
+fi
+
 cat "$report"
 cp "$report" "$results_file"
 log "written to $results_file"
