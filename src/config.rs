@@ -1157,7 +1157,18 @@ fn validate_store(raw: &RawStore, c: &mut Checker) -> StoreConfig {
             };
             StoreConfig::Sqlite(SqliteConfig {
                 path: s.path.trim().into(),
-                busy_timeout: c.seconds("store.sqlite.busy_timeout", s.busy_timeout),
+                busy_timeout: {
+                    if s.busy_timeout > 3600.0 {
+                        c.fail(
+                            "store.sqlite.busy_timeout",
+                            format!(
+                                "{} s is longer than any lock should be held; at most 3600",
+                                s.busy_timeout
+                            ),
+                        );
+                    }
+                    c.seconds("store.sqlite.busy_timeout", s.busy_timeout)
+                },
                 purge_interval: c.seconds("store.sqlite.purge_interval", s.purge_interval),
                 synchronous_full,
             })

@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessionward::config::{Config, EXAMPLE_SECRET_PLACEHOLDER};
@@ -180,4 +181,58 @@ fn purge_explains_that_the_memory_store_has_nothing_to_purge() {
         err.contains("memory store lives inside the running proxy"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn purge_removes_expired_sqlite_sessions_and_keeps_live_ones() {
+    use sessionward::clock::{Clock, ManualClock, SystemClock};
+    use sessionward::session::{Expiry, Record};
+
+    let dir = temp_dir("purge-sqlite");
+    let db = dir.join("sessions.db");
+    let _ = std::fs::remove_file(&db);
+    let path = write_config(
+        &dir,
+        "sqlite.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\nstore:\n  kind: sqlite\n  sqlite:\n    path: {}\n",
+            common::SECRET,
+            db.display()
+        ),
+    );
+    let config = Config::load(&path).unwrap();
+    let now = SystemClock.now();
+    let record = |expires_at| Record {
+        data: r#"{"a":1}"#.into(),
+        created_at: now - 1000,
+        expires_at,
+        expiry: Expiry::Default,
+        seen_at: now - 1000,
+        subject: None,
+    };
+    {
+        let store =
+            sessionward::build_store(&config, Arc::new(ManualClock::new(now - 1000))).unwrap();
+        store.create(record(now - 10)).await.unwrap();
+        store.create(record(now - 1)).await.unwrap();
+        store.create(record(now + 1000)).await.unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["purge", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "purged 2 expired session(s)"
+    );
+    let store = sessionward::build_store(&config, Arc::new(SystemClock)).unwrap();
+    assert_eq!(store.count().await.unwrap(), 1);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }

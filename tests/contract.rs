@@ -459,3 +459,34 @@ async fn cookie(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
 }
 
 contract!(cookie, cookie);
+
+/// A temporary directory removed when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!(
+            "sessionward-contract-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn sqlite(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
+    let dir = TempDir::new("sqlite");
+    raw.store.kind = "sqlite".into();
+    raw.store.sqlite.path = dir.0.join("sessions.db").display().to_string();
+    Some((raw, Box::new(dir)))
+}
+
+contract!(sqlite, sqlite);
