@@ -490,3 +490,19 @@ async fn sqlite(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
 }
 
 contract!(sqlite, sqlite);
+
+async fn redis_single(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
+    let server = common::redis::RedisServer::start()?;
+    common::redis::use_single(&mut raw, server.url());
+    Some((raw, Box::new(server)))
+}
+
+contract!(redis_single, redis_single);
+
+async fn redis_cluster(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
+    let cluster = common::redis::RedisCluster::start()?;
+    common::redis::use_cluster(&mut raw, &cluster);
+    Some((raw, Box::new(cluster)))
+}
+
+contract!(redis_cluster, redis_cluster);

@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,11 +59,30 @@ pub trait Backend: Send + Sync + Debug {
     async fn purge(&self) -> Result<u64, StoreError>;
 }
 
+/// Stripes of write generations: enough that unrelated sessions rarely share one.
+const GENERATIONS: usize = 1024;
+
 /// `store.cache`: a short-lived copy of recently read sessions in this
 /// process, so hot sessions skip a network round trip on reads.
-#[derive(Debug)]
+///
+/// A read that races a write must not put back the copy the write just
+/// invalidated (a logged-out session would come back for `ttl`). Every
+/// invalidation bumps a generation (one per stripe of key hashes, plus a
+/// global one for revocations); a read caches its result only if the
+/// generation it saw before reading is still current.
 pub struct ReadCache {
     cache: Cache<KeyHash, Arc<Record>, BuildHasherDefault<KeyHasher>>,
+    generations: Box<[AtomicU64]>,
+    global: AtomicU64,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the entries: they are session data.
+        f.debug_struct("ReadCache")
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReadCache {
@@ -73,6 +93,42 @@ impl ReadCache {
                 .max_capacity(max_sessions)
                 .time_to_live(ttl)
                 .build_with_hasher(BuildHasherDefault::default()),
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
+            global: AtomicU64::new(0),
+        }
+    }
+
+    fn stripe(&self, id: &KeyHash) -> &AtomicU64 {
+        let i = u16::from_le_bytes([id.0[0], id.0[1]]) as usize % GENERATIONS;
+        &self.generations[i]
+    }
+
+    /// The generation a read of `id` must still see to cache its result.
+    fn generation(&self, id: &KeyHash) -> (u64, u64) {
+        (
+            self.stripe(id).load(Ordering::Acquire),
+            self.global.load(Ordering::Acquire),
+        )
+    }
+
+    fn invalidate(&self, id: &KeyHash) {
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(id);
+    }
+
+    fn invalidate_all(&self) {
+        self.global.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    fn insert_if_current(&self, id: KeyHash, record: Arc<Record>, seen: (u64, u64)) {
+        if self.generation(&id) == seen {
+            self.cache.insert(id, record);
+            // A write may have slipped in between the check and the insert:
+            // then its invalidation ran before our insert, so drop the copy.
+            if self.generation(&id) != seen {
+                self.cache.invalidate(&id);
+            }
         }
     }
 }
@@ -110,7 +166,7 @@ impl<B: Backend> Keyed<B> {
     fn forget(&self, ids: &[&KeyHash]) {
         if let Some(c) = &self.cache {
             for id in ids {
-                c.cache.invalidate(*id);
+                c.invalidate(id);
             }
         }
     }
@@ -139,19 +195,23 @@ impl<B: Backend> SessionStore for Keyed<B> {
             return Ok(None);
         };
         let id = key.hash();
+        let seen = self.cache.as_ref().map(|c| c.generation(&id));
         if let Some(c) = &self.cache
             && let Some(record) = c.cache.get(&id)
         {
-            if record.is_live(self.clock.now(), self.idle) {
+            let now = self.clock.now();
+            // With an idle timeout a copy serves only the second it was read
+            // in: a later read must reach the store to slide the deadline.
+            let fresh = self.idle.is_none() || record.seen_at >= now;
+            if fresh && record.is_live(now, self.idle) {
                 return Ok(Some(Self::loaded(key, record)));
             }
-            c.cache.invalidate(&id);
         }
         let Some(record) = self.backend.load(&id).await? else {
             return Ok(None);
         };
-        if let Some(c) = &self.cache {
-            c.cache.insert(id, record.clone());
+        if let (Some(c), Some(seen)) = (&self.cache, seen) {
+            c.insert_if_current(id, record.clone(), seen);
         }
         Ok(Some(Self::loaded(key, record)))
     }
@@ -200,15 +260,21 @@ impl<B: Backend> SessionStore for Keyed<B> {
     async fn delete(&self, handle: &Handle) -> Result<bool, StoreError> {
         let id = handle.key().hash();
         self.forget(&[&id]);
-        self.backend.delete(&id).await
+        let deleted = self.backend.delete(&id).await;
+        // Again: a read that started after the first forget may hold the old copy.
+        self.forget(&[&id]);
+        deleted
     }
 
     async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
         let n = self.backend.revoke_subject(subject).await?;
         if let Some(c) = &self.cache {
             // This replica's copies of the subject's sessions: drop them all
             // rather than track which ones they were.
-            c.cache.invalidate_all();
+            c.invalidate_all();
         }
         Ok(n)
     }

@@ -1,6 +1,7 @@
 //! Shared test harness: a recording upstream, the proxy started in-process
 //! from a config struct, and a client with a cookie jar. All on 127.0.0.1:0.
 #![allow(dead_code)]
+pub mod redis;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
