@@ -279,7 +279,7 @@ pub struct RawCookieStore {
 
 impl Default for RawCookieStore {
     fn default() -> Self {
-        Self { max_chunks: 4 }
+        Self { max_chunks: 3 }
     }
 }
 
@@ -973,10 +973,10 @@ impl TryFrom<RawConfig> for Config {
         let store_cache = raw.store.cache.as_ref().map(|cache| {
             let ttl_ms = c.positive("store.cache.ttl_ms", cache.ttl_ms);
             let max_sessions = c.positive("store.cache.max_sessions", cache.max_sessions);
-            if matches!(store, StoreConfig::Cookie(_)) {
+            if !matches!(store, StoreConfig::Sqlite(_) | StoreConfig::Redis(_)) {
                 c.fail(
                     "store.cache",
-                    "applies to server-side stores only; the cookie store has nothing to cache",
+                    "applies to the sqlite and redis stores only; the memory and cookie stores have nothing to cache",
                 );
             }
             StoreCacheConfig {
@@ -1176,14 +1176,16 @@ fn validate_store(raw: &RawStore, c: &mut Checker) -> StoreConfig {
         "redis" => StoreConfig::Redis(validate_redis(&raw.redis, c)),
         "cookie" => {
             let n = c.positive("store.cookie.max_chunks", raw.cookie.max_chunks);
-            if n > 20 {
+            if n > 4 {
+                // Load balancers and servers commonly cap a header line at
+                // 16 KB; four chunks of 3,800 bytes already come close.
                 c.fail(
                     "store.cookie.max_chunks",
-                    format!("{n} cookies of 4 KB each is more than browsers keep; at most 20"),
+                    format!("{n} cookies of 3,800 bytes make a Cookie header over what proxies commonly accept (16 KB); at most 4"),
                 );
             }
             StoreConfig::Cookie(CookieStoreConfig {
-                max_chunks: n.min(20) as usize,
+                max_chunks: n.min(4) as usize,
             })
         }
         other => {

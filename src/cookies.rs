@@ -11,18 +11,36 @@ use crate::session::{Policy, Record};
 /// a cookie stays under the 4,096 bytes every browser keeps.
 pub const CHUNK_BYTES: usize = 3800;
 
+/// The value of `name` when the session is split: `chunks-N` says that
+/// `name.1` to `name.N` hold it. Naming the count means a stray chunk left
+/// by a race between two responses is ignored instead of corrupting the
+/// session. A single-cookie value never starts with this: sealed cookies
+/// start with `A` (their version byte), and server-side keys are never split.
+const CHUNKED_PREFIX: &str = "chunks-";
+
 /// The session cookie as the client sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionCookie {
     /// The value, chunks joined in order.
     pub value: String,
-    /// How many cookies carried it (`name`, `name.1`, ...), so that a
-    /// response can delete the ones it no longer needs.
+    /// How many cookies named like ours the client sent (`name`, `name.1`,
+    /// ...: the highest index plus one), so that a response can delete the
+    /// ones it no longer needs.
     pub chunks: usize,
 }
 
-/// Which chunk a cookie name is: 0 for `name`, n for `name.n` when
-/// `max_chunks` allows it.
+impl std::fmt::Debug for SessionCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value is a session key or a sealed session: never printed.
+        f.debug_struct("SessionCookie")
+            .field("bytes", &self.value.len())
+            .field("chunks", &self.chunks)
+            .finish()
+    }
+}
+
+/// Which chunk a cookie name is: 0 for `name`, n for `name.n` (1 to
+/// `max_chunks`) when the session may be split at all.
 fn chunk_index(cookie: &[u8], name: &str, max_chunks: usize) -> Option<usize> {
     let rest = cookie.strip_prefix(name.as_bytes())?;
     if rest.is_empty() {
@@ -33,12 +51,13 @@ fn chunk_index(cookie: &[u8], name: &str, max_chunks: usize) -> Option<usize> {
         return None;
     }
     let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    (n >= 1 && n < max_chunks && digits[0] != b'0').then_some(n)
+    (max_chunks > 1 && n >= 1 && n <= max_chunks && digits[0] != b'0').then_some(n)
 }
 
-/// Removes the session cookie (and its chunks `name.1`... up to
-/// `max_chunks`) from the request's `Cookie` header(s), keeping every other
-/// cookie byte for byte, and returns its value. `None` when the client sent
+/// Removes the session cookie (and, when `max_chunks` > 1, its chunks
+/// `name.1`...) from the request's `Cookie` header(s), keeping every other
+/// cookie byte for byte, and returns its value (the chunks joined when
+/// `name` is `chunks-N`). `None` when the client sent
 /// no session cookie; the first of duplicates wins. Several `Cookie` fields
 /// (HTTP/2 sends one per cookie) are joined into one with "; ", as RFC 9113
 /// 8.2.3 asks of a proxy forwarding to HTTP/1.1.
@@ -55,7 +74,7 @@ pub fn take_session_cookie(
         return None;
     }
     let max_chunks = max_chunks.max(1);
-    let mut parts: Vec<Option<String>> = vec![None; max_chunks];
+    let mut parts: Vec<Option<String>> = vec![None; max_chunks + 1];
     let mut kept: Vec<&[u8]> = Vec::new();
     // Bytes, not text: one non-ASCII byte elsewhere in the header must not
     // make us forward the session key untouched.
@@ -89,9 +108,21 @@ pub fn take_session_cookie(
         headers.insert(COOKIE, v);
     }
     let chunks = parts.iter().rposition(Option::is_some)? + 1;
-    // The value is the chunks in order up to the first gap; a gap makes the
-    // rest meaningless, and the store will reject the truncated value.
-    let value: String = parts.iter().map_while(|p| p.as_deref()).collect();
+    let base = parts[0].take().unwrap_or_default();
+    let split = base
+        .strip_prefix(CHUNKED_PREFIX)
+        .filter(|_| max_chunks > 1)
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=max_chunks).contains(n));
+    let value = match split {
+        // A missing chunk leaves no usable value: no session.
+        Some(n) => parts[1..=n]
+            .iter()
+            .map(|p| p.as_deref())
+            .collect::<Option<String>>()
+            .unwrap_or_default(),
+        None => base,
+    };
     Some(SessionCookie { value, chunks })
 }
 
@@ -101,11 +132,15 @@ fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Removes every upstream `Set-Cookie` for the session cookie's name; the
 /// session cookie belongs to sessionward alone. Returns how many were dropped.
-pub fn drop_upstream_session_cookies(headers: &mut HeaderMap, name: &str) -> usize {
+pub fn drop_upstream_session_cookies(
+    headers: &mut HeaderMap,
+    name: &str,
+    max_chunks: usize,
+) -> usize {
     let is_ours = |v: &HeaderValue| {
         let bytes = v.as_bytes();
         let end = bytes.iter().position(|&b| b == b'=').unwrap_or(bytes.len());
-        chunk_index(bytes[..end].trim_ascii(), name, usize::MAX).is_some()
+        chunk_index(bytes[..end].trim_ascii(), name, max_chunks).is_some()
     };
     let dropped = headers
         .get_all(SET_COOKIE)
@@ -146,8 +181,9 @@ impl CookieWriter {
 
     /// Sets the cookie to `value`, lasting as long as the record (no Max-Age
     /// or Expires for a browser-session cookie). A value over
-    /// [`CHUNK_BYTES`] is split over `name`, `name.1`, ...; chunks the client
-    /// sent (`sent`) that are no longer needed are deleted.
+    /// [`CHUNK_BYTES`] is split over `name.1` to `name.N` with `name` set to
+    /// `chunks-N`; cookies the client sent (`sent`) that are no longer
+    /// needed are deleted.
     pub fn set(
         &self,
         value: &str,
@@ -157,15 +193,17 @@ impl CookieWriter {
         sent: usize,
     ) -> Vec<HeaderValue> {
         // Session values are ASCII (keys and sealed cookies are base64url).
-        let pieces: Vec<&str> = if value.len() <= CHUNK_BYTES || !value.is_ascii() {
-            vec![value]
-        } else {
-            value
+        let marker;
+        let mut pieces: Vec<&str> = vec![value];
+        if value.len() > CHUNK_BYTES && value.is_ascii() {
+            let chunks: Vec<&str> = value
                 .as_bytes()
                 .chunks(CHUNK_BYTES)
                 .filter_map(|c| std::str::from_utf8(c).ok())
-                .collect()
-        };
+                .collect();
+            marker = format!("{CHUNKED_PREFIX}{}", chunks.len());
+            pieces = std::iter::once(marker.as_str()).chain(chunks).collect();
+        }
         let mut out = Vec::with_capacity(pieces.len().max(sent));
         for (i, piece) in pieces.iter().enumerate() {
             let mut cookie = self.base(self.chunk_name(i), (*piece).to_owned());
@@ -302,7 +340,7 @@ mod tests {
         for v in ["theme=dark", "sessionid=evil; Path=/", "lang=fr"] {
             h.append(SET_COOKIE, HeaderValue::from_static(v));
         }
-        assert_eq!(drop_upstream_session_cookies(&mut h, "sessionid"), 1);
+        assert_eq!(drop_upstream_session_cookies(&mut h, "sessionid", 1), 1);
         let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
         assert_eq!(left, vec!["theme=dark", "lang=fr"]);
     }
@@ -390,19 +428,31 @@ mod tests {
 
     #[test]
     fn chunks_are_joined_in_order_and_all_stripped() {
-        let mut h = headers(&["a=1; sid.2=C; sid=A", "sid.1=B; sid.10=X; sid.01=Y"]);
+        let mut h = headers(&["a=1; sid.2=B; sid=chunks-2", "sid.1=A; sid.10=X; sid.01=Y"]);
         let c = take_session_cookie(&mut h, "sid", 4).unwrap();
-        assert_eq!((c.value.as_str(), c.chunks), ("ABC", 3));
+        assert_eq!((c.value.as_str(), c.chunks), ("AB", 3));
         assert_eq!(cookie_values(&h), vec!["a=1; sid.10=X; sid.01=Y"]);
         // Without chunking, `sid.1` is somebody else's cookie.
         let mut h = headers(&["sid=A; sid.1=B"]);
         let c = take_session_cookie(&mut h, "sid", 1).unwrap();
         assert_eq!((c.value.as_str(), c.chunks), ("A", 1));
         assert_eq!(cookie_values(&h), vec!["sid.1=B"]);
-        // A gap ends the value; the count still covers what must be deleted.
-        let mut h = headers(&["sid=A; sid.2=C"]);
+        // A stray chunk next to a whole value is ignored (and counted, to be deleted).
+        let mut h = headers(&["sid=WHOLE; sid.1=STRAY"]);
         let c = take_session_cookie(&mut h, "sid", 4).unwrap();
-        assert_eq!((c.value.as_str(), c.chunks), ("A", 3));
+        assert_eq!((c.value.as_str(), c.chunks), ("WHOLE", 2));
+        // A missing chunk is no value at all, never a truncated one.
+        let mut h = headers(&["sid=chunks-3; sid.1=A; sid.3=C"]);
+        let c = take_session_cookie(&mut h, "sid", 4).unwrap();
+        assert_eq!((c.value.as_str(), c.chunks), ("", 4));
+        // A count over the limit is not a marker.
+        let mut h = headers(&["sid=chunks-9; sid.1=A"]);
+        let c = take_session_cookie(&mut h, "sid", 4).unwrap();
+        assert_eq!(c.value, "chunks-9");
+        assert!(
+            !format!("{c:?}").contains("chunks-9"),
+            "Debug shows no value"
+        );
     }
 
     #[test]
@@ -415,20 +465,26 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
-        assert_eq!(set.len(), 3);
-        assert!(set[0].starts_with(&format!("sid={};", "x".repeat(CHUNK_BYTES))));
-        assert!(set[1].starts_with("sid.1="));
-        assert!(set[2].starts_with("sid.2=xxxxx;"));
+        assert_eq!(set.len(), 4);
+        assert!(set[0].starts_with("sid=chunks-3;"), "{}", set[0]);
+        assert!(set[1].starts_with(&format!("sid.1={};", "x".repeat(CHUNK_BYTES))));
+        assert!(set[2].starts_with("sid.2="));
+        assert!(set[3].starts_with("sid.3=xxxxx;"));
         assert!(
             set.iter().all(|c| c.len() < 4000),
             "every cookie fits a browser"
         );
-        let shrunk = w.set("short", &r, &POLICY, 0, 3);
+        // What was written reads back as the same value.
+        let sent: Vec<&str> = set.iter().map(|c| c.split(';').next().unwrap()).collect();
+        let mut h = headers(&[&sent.join("; ")]);
+        let back = take_session_cookie(&mut h, "sid", 4).unwrap();
+        assert_eq!((back.value, back.chunks), (value.clone(), 4));
+        let shrunk = w.set("short", &r, &POLICY, 0, 4);
         let shrunk: Vec<&str> = shrunk.iter().map(|v| v.to_str().unwrap()).collect();
-        assert_eq!(shrunk.len(), 3);
+        assert_eq!(shrunk.len(), 4);
         assert!(shrunk[0].starts_with("sid=short;"));
         assert!(shrunk[1].starts_with("sid.1=;") && shrunk[1].contains("Max-Age=0"));
-        assert!(shrunk[2].starts_with("sid.2=;"));
+        assert!(shrunk[3].starts_with("sid.3=;"));
         assert_eq!(w.delete(2).len(), 2);
     }
 
@@ -438,7 +494,11 @@ mod tests {
         for v in ["sid.1=evil", "sid.x=fine", "sid=evil"] {
             h.append(SET_COOKIE, HeaderValue::from_static(v));
         }
-        assert_eq!(drop_upstream_session_cookies(&mut h, "sid"), 2);
+        assert_eq!(drop_upstream_session_cookies(&mut h, "sid", 4), 2);
         assert_eq!(h[SET_COOKIE], "sid.x=fine");
+        // A server-side store never splits: `sid.1` is the app's own cookie.
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("sid.1=apps"));
+        assert_eq!(drop_upstream_session_cookies(&mut h, "sid", 1), 0);
     }
 }

@@ -373,12 +373,31 @@ impl Proxy {
         }
         // Refuse an oversized follow-up before deleting anything.
         session::apply(None, changes, &self.policy, now)?;
-        let revoked = match live.record.subject.as_deref() {
-            Some(subject) => self.store.revoke_subject(subject).await?,
-            None => 0,
+        // End this session first, atomically, reading its subject as it is
+        // now: a concurrent login may have set it since the request began.
+        let subject_now: std::sync::Mutex<Option<Box<str>>> = std::sync::Mutex::new(None);
+        let end = |current: &Record| {
+            if let Ok(mut s) = subject_now.lock() {
+                s.clone_from(&current.subject);
+            }
+            Ok(Next::Delete)
         };
-        // Also when the subject changed under us: this session ends either way.
-        self.store.delete(&live.handle).await?;
+        match self.store.update(&live.handle, false, &end).await? {
+            Updated::Deleted => {}
+            // Moved or ended by a concurrent request: nothing done, as for any update.
+            _ => return Err(ProxyError::SessionInterrupted),
+        }
+        let subject_now = subject_now.into_inner().unwrap_or_default();
+        let mut subjects: Vec<&str> = subject_now.as_deref().into_iter().collect();
+        if let Some(at_start) = live.record.subject.as_deref()
+            && !subjects.contains(&at_start)
+        {
+            subjects.push(at_start);
+        }
+        let mut revoked = 0;
+        for subject in subjects {
+            revoked += self.store.revoke_subject(subject).await?;
+        }
         debug!(session = %live.handle.key().hash(), revoked, "subject's sessions revoked");
         self.start_session(true, changes, now).await
     }
@@ -386,7 +405,8 @@ impl Proxy {
     /// Writes the session cookie, `Vary: Cookie` and `Cache-Control: private`;
     /// the upstream's own `Set-Cookie` for our name is dropped.
     fn set_cookie(&self, headers: &mut HeaderMap, change: CookieChange, sent: usize, now: i64) {
-        let dropped = cookies::drop_upstream_session_cookies(headers, self.cookies.name());
+        let dropped =
+            cookies::drop_upstream_session_cookies(headers, self.cookies.name(), self.max_chunks);
         if dropped > 0 {
             warn!(
                 cookie = self.cookies.name(),

@@ -265,7 +265,13 @@ async fn accept_loop(mut acceptor: Acceptor) {
 async fn serve_loop(mut worker: Worker) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // hyper's 16 KB default would refuse the cookie store's own chunked
+    // cookies (up to 4 x 3,800 bytes) next to the app's cookies; HTTP/1
+    // already allows more.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, addr) = tokio::select! {

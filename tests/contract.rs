@@ -213,6 +213,13 @@ mod cases {
 
     pub async fn flush_then_update_is_a_fresh_session(f: Fixture) {
         let created = f.create(json!({"user": "ann"})).await;
+        let tag = Changes {
+            expiry: Some(Expiry::Idle(50)),
+            subject: Some(Some("ann".into())),
+            ..Default::default()
+        };
+        let created = saved(f.apply(&created, tag).await.unwrap());
+        f.clock.advance(10);
         let changes = Changes {
             action: Some(Action::Flush),
             patches: vec![json!({"flash": "bye"})],
@@ -223,8 +230,37 @@ mod cases {
             other => panic!("expected Moved, got {other:?}"),
         };
         assert_eq!(data(&moved), json!({"flash": "bye"}));
+        let fresh = f.load(&moved).await.expect("the fresh session loads");
+        assert_eq!(
+            fresh.record.created_at,
+            f.clock.now(),
+            "a new creation time"
+        );
+        assert_eq!(fresh.record.subject, None, "the subject is dropped");
+        assert_eq!(fresh.record.expiry, Expiry::Default, "the expiry is reset");
         if f.revocable() {
             assert!(f.load(&created).await.is_none());
+        }
+    }
+
+    pub async fn a_login_cycle_keeps_the_subject_for_revocation(f: Fixture) {
+        let anonymous = f.create(json!({"cart": [1]})).await;
+        let login = Changes {
+            action: Some(Action::Cycle),
+            subject: Some(Some("user:7".into())),
+            patches: vec![json!({"user_id": 7})],
+            ..Default::default()
+        };
+        let moved = match f.apply(&anonymous, login).await.unwrap() {
+            Updated::Moved(l) => l,
+            other => panic!("expected Moved, got {other:?}"),
+        };
+        let loaded = f.load(&moved).await.expect("the logged-in session loads");
+        assert_eq!(loaded.record.subject.as_deref(), Some("user:7"));
+        assert_eq!(data(&loaded), json!({"cart": [1], "user_id": 7}));
+        if f.store.capabilities().subject_index {
+            assert_eq!(f.store.revoke_subject("user:7").await.expect("revoke"), 1);
+            assert!(f.load(&moved).await.is_none());
         }
     }
 
@@ -433,6 +469,7 @@ macro_rules! contract {
             case!(emptied_session_is_deleted);
             case!(cycle_moves_the_data_and_kills_the_old_key);
             case!(flush_then_update_is_a_fresh_session);
+            case!(a_login_cycle_keeps_the_subject_for_revocation);
             case!(expiry_is_honoured_to_the_second);
             case!(custom_expiry_is_kept);
             case!(idle_timeout_slides_on_reads, Some(10), None);
@@ -506,3 +543,16 @@ async fn redis_cluster(mut raw: RawConfig) -> Option<(RawConfig, Guard)> {
 }
 
 contract!(redis_cluster, redis_cluster);
+
+/// SQLite behind a read cache that outlives every case: whatever the cache
+/// holds, this replica must never see its own writes late.
+async fn sqlite_cached(raw: RawConfig) -> Option<(RawConfig, Guard)> {
+    let (mut raw, guard) = sqlite(raw).await?;
+    raw.store.cache = Some(sessionward::config::RawStoreCache {
+        ttl_ms: 600_000,
+        max_sessions: 10_000,
+    });
+    Some((raw, guard))
+}
+
+contract!(sqlite_cached, sqlite_cached);

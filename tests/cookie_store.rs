@@ -110,16 +110,21 @@ async fn session_round_trips_through_the_cookie() {
 #[tokio::test]
 async fn large_sessions_span_chunks_and_shrinking_deletes_the_leftovers() {
     let h = cookie_harness(|_| {}).await;
-    // ~6 KB of data seals to ~8 KB of base64: three cookies of CHUNK_BYTES.
+    // ~6 KB of data seals to ~8 KB of base64: three chunks of CHUNK_BYTES
+    // and `sessionid` naming how many.
     let r = h.client.post("/").update(&big(6000)).send().await;
     assert_eq!(r.status, 200);
     let (set, deleted) = set_and_deleted(&r);
-    assert_eq!(set, ["sessionid", "sessionid.1", "sessionid.2"]);
+    assert_eq!(
+        set,
+        ["sessionid", "sessionid.1", "sessionid.2", "sessionid.3"]
+    );
     assert!(deleted.is_empty());
     let jar = session_jar(&h);
-    assert_eq!(jar.len(), 3);
-    assert_eq!(jar["sessionid"].len(), CHUNK_BYTES);
+    assert_eq!(jar.len(), 4);
+    assert_eq!(jar["sessionid"], "chunks-3");
     assert_eq!(jar["sessionid.1"].len(), CHUNK_BYTES);
+    assert_eq!(jar["sessionid.2"].len(), CHUNK_BYTES);
 
     h.client.get("/").send().await;
     assert_eq!(seen(&h)["big"].as_str().unwrap().len(), 6000);
@@ -128,10 +133,11 @@ async fn large_sessions_span_chunks_and_shrinking_deletes_the_leftovers() {
         "all chunks stripped"
     );
 
-    // Down to two cookies: the third is deleted.
+    // Down to two chunks: the third is deleted.
     let r = h.client.post("/").update(&big(4000)).send().await;
     let (set, deleted) = set_and_deleted(&r);
-    assert_eq!((set.len(), deleted), (2, vec!["sessionid.2".to_string()]));
+    assert_eq!((set.len(), deleted), (3, vec!["sessionid.3".to_string()]));
+    assert_eq!(session_jar(&h)["sessionid"], "chunks-2");
 
     let r = h
         .client
@@ -141,7 +147,7 @@ async fn large_sessions_span_chunks_and_shrinking_deletes_the_leftovers() {
         .await;
     let (set, deleted) = set_and_deleted(&r);
     assert_eq!(set, ["sessionid"]);
-    assert_eq!(deleted, ["sessionid.1"]);
+    assert_eq!(deleted, ["sessionid.1", "sessionid.2"]);
     assert_eq!(session_jar(&h).len(), 1);
     h.client.get("/").send().await;
     assert_eq!(seen(&h), json!({"small": 1}));
@@ -163,7 +169,7 @@ async fn more_than_max_chunks_is_502_and_changes_nothing() {
     // Growing an existing one past the limit.
     h.client.post("/").update(&big(4000)).send().await;
     let before = session_jar(&h);
-    assert_eq!(before.len(), 2);
+    assert_eq!(before.len(), 3, "{:?}", before.keys());
     let r = h
         .client
         .post("/")
@@ -185,12 +191,12 @@ async fn flush_deletes_every_chunk_but_cannot_revoke_a_copy() {
     let h = cookie_harness(|_| {}).await;
     h.client.post("/").update(&big(4000)).send().await;
     let copy = session_jar(&h);
-    assert_eq!(copy.len(), 2);
+    assert_eq!(copy.len(), 3);
 
     let r = h.client.post("/logout").action("flush").send().await;
     let (set, deleted) = set_and_deleted(&r);
     assert!(set.is_empty());
-    assert_eq!(deleted, ["sessionid", "sessionid.1"]);
+    assert_eq!(deleted, ["sessionid", "sessionid.1", "sessionid.2"]);
     assert!(session_jar(&h).is_empty());
     h.client.get("/").send().await;
     assert!(h.last_claims().new);
@@ -227,10 +233,26 @@ async fn tampered_or_truncated_cookies_are_no_session() {
         let claims = h.last_claims();
         assert!(claims.new && claims.data.is_empty(), "{claims:?}");
     }
-    // A chunk glued onto a one-cookie session breaks it too.
+    // A stray chunk next to a one-cookie session (left by two racing
+    // responses) is ignored, not glued on, and deleted on the next write.
     let c = h.new_client();
     c.set_cookie("sessionid", &value);
     c.set_cookie("sessionid.1", "AAAA");
+    c.get("/").send().await;
+    assert_eq!(h.last_claims().data["admin"], false);
+    let r = c.post("/").update(r#"{"admin":false,"n":1}"#).send().await;
+    let (set, deleted) = set_and_deleted(&r);
+    assert_eq!(
+        (set, deleted),
+        (
+            vec!["sessionid".to_string()],
+            vec!["sessionid.1".to_string()]
+        )
+    );
+    // A chunked session missing a chunk is no session.
+    let c = h.new_client();
+    c.set_cookie("sessionid", "chunks-2");
+    c.set_cookie("sessionid.1", &value);
     c.get("/").send().await;
     assert!(h.last_claims().new);
 }

@@ -140,3 +140,63 @@ async fn absolute_timeout_ends_a_session_however_busy() {
     ann.get("/").send().await;
     assert!(h.last_claims().new, "alive past its absolute timeout");
 }
+
+#[tokio::test]
+async fn an_oversized_follow_up_refuses_revocation_before_anything_is_deleted() {
+    let h = Harness::with(|c| c.session.max_bytes = 100).await;
+    let laptop = login(&h, "ann").await;
+    let phone = login(&h, "ann").await;
+    let big = format!(r#"{{"flash":"{}"}}"#, "x".repeat(200));
+    let r = phone
+        .post("/password")
+        .action("revoke-subject")
+        .update(&big)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(
+        h.sessions().await,
+        2,
+        "a refused revocation deleted sessions"
+    );
+    for c in [&laptop, &phone] {
+        c.get("/").send().await;
+        assert_eq!(h.last_claims().sub.as_deref(), Some("ann"));
+    }
+}
+
+#[tokio::test]
+async fn revocation_uses_the_subject_as_stored_when_it_runs() {
+    let h = Harness::start().await;
+    let laptop = login(&h, "ann").await;
+    // The phone's session has no subject yet when the revoking request arrives.
+    let phone = h.new_client();
+    phone.post("/").update(r#"{"cart":[1]}"#).send().await;
+    let revoking = {
+        let phone = phone.clone();
+        tokio::spawn(async move {
+            phone
+                .post("/logout-everywhere")
+                .header("x-reply-gate", "revoke")
+                .action("revoke-subject")
+                .send()
+                .await
+        })
+    };
+    h.upstream.wait_for_requests(3).await;
+    // Meanwhile a login on the same session tags it.
+    let r = phone
+        .post("/login")
+        .reply("x-session-subject", "ann")
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    h.upstream.open_gate("revoke");
+    assert_eq!(revoking.await.unwrap().status, 200);
+    laptop.get("/").send().await;
+    assert!(
+        h.last_claims().new,
+        "the laptop's session escaped revocation"
+    );
+}

@@ -294,3 +294,152 @@ impl<B: Backend> SessionStore for Keyed<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::session::memory::MemoryStore;
+    use crate::session::{Expiry, Next};
+    use tokio::sync::Semaphore;
+
+    /// A memory backend whose loads, once read, wait for a permit: a write
+    /// can then land between a load's read and its caching.
+    #[derive(Debug)]
+    struct SlowLoads {
+        inner: MemoryStore,
+        gate: Arc<Semaphore>,
+        slow: std::sync::atomic::AtomicBool,
+        parked: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Backend for SlowLoads {
+        async fn load(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+            let read = self.inner.load(id).await;
+            if self.slow.load(Ordering::SeqCst) {
+                self.parked.store(true, Ordering::SeqCst);
+                let _ = self.gate.acquire().await.map(|p| p.forget());
+            }
+            read
+        }
+        async fn create(&self, id: &KeyHash, r: Record) -> Result<Arc<Record>, StoreError> {
+            self.inner.create(id, r).await
+        }
+        async fn update(
+            &self,
+            id: &KeyHash,
+            new_id: &KeyHash,
+            edit: &Edit<'_>,
+        ) -> Result<Change, UpdateError> {
+            self.inner.update(id, new_id, edit).await
+        }
+        async fn delete(&self, id: &KeyHash) -> Result<bool, StoreError> {
+            self.inner.delete(id).await
+        }
+        async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+            self.inner.revoke_subject(subject).await
+        }
+        async fn count(&self) -> Result<u64, StoreError> {
+            self.inner.count().await
+        }
+        async fn purge(&self) -> Result<u64, StoreError> {
+            self.inner.purge().await
+        }
+    }
+
+    fn store() -> (Arc<Keyed<SlowLoads>>, Arc<Semaphore>) {
+        let clock = Arc::new(ManualClock::new(1000));
+        let gate = Arc::new(Semaphore::new(0));
+        let backend = SlowLoads {
+            inner: MemoryStore::new(100, None, clock.clone()),
+            gate: gate.clone(),
+            slow: std::sync::atomic::AtomicBool::new(false),
+            parked: std::sync::atomic::AtomicBool::new(false),
+        };
+        let cache = ReadCache::new(Duration::from_secs(600), 100);
+        (
+            Arc::new(Keyed::new(backend, Some(cache), clock, None)),
+            gate,
+        )
+    }
+
+    fn record() -> Record {
+        Record {
+            data: r#"{"user":"ann"}"#.into(),
+            created_at: 1000,
+            expires_at: 2000,
+            expiry: Expiry::Default,
+            seen_at: 1000,
+            subject: Some("ann".into()),
+        }
+    }
+
+    /// Starts a load that has read the session but not yet cached it.
+    async fn stalled_load(
+        store: &Arc<Keyed<SlowLoads>>,
+        cookie: &str,
+    ) -> tokio::task::JoinHandle<Option<Loaded>> {
+        store.backend.slow.store(true, Ordering::SeqCst);
+        let (s, c) = (store.clone(), cookie.to_owned());
+        let task = tokio::spawn(async move { s.load(&c).await.unwrap() });
+        let parked = async {
+            while !store.backend.parked.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), parked)
+            .await
+            .expect("the load reads and parks");
+        task
+    }
+
+    #[tokio::test]
+    async fn a_load_racing_a_delete_never_caches_the_deleted_session() {
+        let (store, gate) = store();
+        let created = store.create(record()).await.unwrap();
+        let cookie = created.handle.cookie().to_owned();
+        let load = stalled_load(&store, &cookie).await;
+        assert!(store.delete(&created.handle).await.unwrap());
+        store.backend.slow.store(false, Ordering::SeqCst);
+        gate.add_permits(1);
+        let _stale = load.await.unwrap();
+        assert!(
+            store.load(&cookie).await.unwrap().is_none(),
+            "the cache brought a deleted session back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_load_racing_a_revocation_never_caches_a_revoked_session() {
+        let (store, gate) = store();
+        let created = store.create(record()).await.unwrap();
+        let cookie = created.handle.cookie().to_owned();
+        let load = stalled_load(&store, &cookie).await;
+        assert_eq!(store.revoke_subject("ann").await.unwrap(), 1);
+        store.backend.slow.store(false, Ordering::SeqCst);
+        gate.add_permits(1);
+        let _stale = load.await.unwrap();
+        assert!(store.load(&cookie).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn own_writes_replace_the_cached_copy_at_once() {
+        let (store, _gate) = store();
+        let created = store.create(record()).await.unwrap();
+        let cookie = created.handle.cookie().to_owned();
+        assert!(store.load(&cookie).await.unwrap().is_some(), "now cached");
+        let edit = |r: &Record| {
+            Ok(Next::Save {
+                record: Record {
+                    data: r#"{"user":"bob"}"#.into(),
+                    ..r.clone()
+                },
+                rekey: false,
+            })
+        };
+        store.update(&created.handle, false, &edit).await.unwrap();
+        let seen = store.load(&cookie).await.unwrap().unwrap();
+        assert_eq!(&*seen.record.data, r#"{"user":"bob"}"#);
+    }
+}

@@ -64,7 +64,9 @@ impl Record {
             return Err(WireError("subject length"));
         }
         let (subject, data) = rest.split_at(subject_len);
-        if !data.starts_with('{') {
+        // Exactly one JSON object: the token embeds the data verbatim, so a
+        // stored value must not be able to close the object and add claims.
+        if !data.starts_with('{') || serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
             return Err(WireError("data is not a JSON object"));
         }
         Ok(Record {
@@ -123,6 +125,8 @@ mod tests {
             "1 a 2 3 d 0\n{}",
             "1 1 2 3 d 0 7\n{}",
             "1 1 2 3 d 0\n[]",
+            "1 1 2 3 d 0\n{\"a\":1},\"exp\":9999999999,\"x\":{",
+            "1 1 2 3 d 0\n{\"a\":",
         ] {
             assert!(Record::decode(bad).is_err(), "{bad:?}");
         }
