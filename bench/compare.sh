@@ -8,8 +8,10 @@
 #       cookie on every request: every request loads a session and signs a JWT
 #   (d) the same with the SQLite store (a file in the work directory)
 #   (e) the same with the Redis store (a redis-server of its own, no persistence)
-#   (w) sessionward with SQLite, every request writing its session: the
-#       backend answers /touch with an update header, so req/s = session writes/s
+#   (w) sessionward with SQLite, every request writing a session: the
+#       backend answers /touch with an update header, and wrk spreads the
+#       requests over WRITE_SESSIONS sessions made beforehand (as many users
+#       would), so req/s = session writes/s
 #
 # Prints req/s and p50/p99 latency per arm plus the ratios of every
 # sessionward arm to nginx (x/b), and of redis to memory (e/c); writes the
@@ -22,6 +24,7 @@
 #   WARMUP=2s        wrk run before each measured run (0 to skip)
 #   ROUNDS=1         >1: arms run interleaved a,b,c,...,a,b,c,...; medians are reported
 #   ARMS="a b c d e w"  which arms to run, in this order
+#   WRITE_SESSIONS=1000 sessions the write arm spreads its requests over
 #   SESSIONWARD_BIN  use this binary instead of running `cargo build --release`
 #   KEEP_WORKDIR=1   keep the temporary directory (configs, logs, wrk output)
 set -euo pipefail
@@ -390,10 +393,39 @@ if uses w; then
     # The write arm shares the SQLite proxy when both run.
     if uses d; then
         sw_pid_of[w]=${sw_pid_of[d]} sw_url_of[w]=${sw_url_of[d]}
-        sw_log_of[w]=${sw_log_of[d]} cookie_of[w]=${cookie_of[d]}
+        sw_log_of[w]=${sw_log_of[d]}
     else
         start_sessionward w sqlite "$sqlite_port"
     fi
+    # Many users, one session each: wrk picks one at random per request.
+    write_script=$work/writes.lua
+    python3 - "${sw_url_of[w]}" "${WRITE_SESSIONS:-1000}" "$write_script" <<'EOF' || die "could not create the write arm's sessions"
+import http.client, sys, urllib.parse
+url, n, out = urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+cookies = []
+for _ in range(n):
+    conn.request("GET", "/login")
+    resp = conn.getresponse()
+    resp.read()
+    for name, value in resp.getheaders():
+        if name.lower() == "set-cookie" and value.startswith("sessionid="):
+            cookies.append(value.split(";", 1)[0].split("=", 1)[1])
+if len(cookies) != n:
+    sys.exit(f"got {len(cookies)} session cookies for {n} logins")
+with open(out, "w") as f:
+    f.write("local cookies = {\n")
+    f.writelines(f'  "{c}",\n' for c in cookies)
+    f.write("}\n")
+    f.write("""
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+request = function()
+  local c = cookies[math.random(#cookies)]
+  return wrk.format("GET", "/touch", { ["Cookie"] = "sessionid=" .. c })
+end
+""")
+EOF
+    cookie_of[w]=
 fi
 log "backend $backend_url (pid $backend_pid), nginx proxy $proxy_url (pid $proxy_pid)"
 for arm in c d e w; do
@@ -407,13 +439,13 @@ done
 # The first sessionward arm's session is checked in depth; every arm's
 # cookie was checked when it was obtained.
 check_arm=
-for arm in c d e w; do
+for arm in c d e; do
     if uses $arm; then
         check_arm=$arm
         break
     fi
 done
-[[ -n $check_arm ]] || die "ARMS holds no sessionward arm (c, d, e or w)"
+[[ -n $check_arm ]] || die "ARMS needs one of the session arms c, d or e (the write arm w is checked through them)"
 sw_url=${sw_url_of[$check_arm]}
 sw_log=${sw_log_of[$check_arm]}
 cookie_value=${cookie_of[$check_arm]}
@@ -489,6 +521,9 @@ run_wrk() { # arm duration outfile
     local args=(--latency -t "$THREADS" -c "$CONNECTIONS" -d "$2")
     if [[ -n ${cookie_of[$1]:-} ]]; then
         args+=(-H "Cookie: sessionid=${cookie_of[$1]}")
+    fi
+    if [[ $1 == w ]]; then
+        args+=(-s "$write_script")
     fi
     # Waited for in the background, so Ctrl-C interrupts `wait` at once and
     # the cleanup stops wrk with the servers.

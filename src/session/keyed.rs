@@ -133,13 +133,22 @@ impl ReadCache {
     }
 }
 
+/// Stripes of update locks: enough that unrelated sessions rarely queue together.
+const UPDATE_LOCKS: usize = 1024;
+
 /// A [`SessionStore`] over a [`Backend`], with an optional [`ReadCache`].
+///
+/// Updates of one session from this process queue on a lock (striped by key
+/// hash) before they reach the backend: backends that update by
+/// compare-and-set (SQLite, Redis) then only contend with other processes,
+/// instead of retrying against dozens of concurrent requests of their own.
 #[derive(Debug)]
 pub struct Keyed<B> {
     backend: B,
     cache: Option<ReadCache>,
     clock: Arc<dyn Clock>,
     idle: Option<u64>,
+    updates: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl<B: Backend> Keyed<B> {
@@ -155,6 +164,9 @@ impl<B: Backend> Keyed<B> {
             cache,
             clock,
             idle,
+            updates: (0..UPDATE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -235,6 +247,8 @@ impl<B: Backend> SessionStore for Keyed<B> {
             None
         };
         let new_id = new_key.as_ref().map_or(id, SessionKey::hash);
+        let stripe = u16::from_le_bytes([id.0[2], id.0[3]]) as usize % UPDATE_LOCKS;
+        let _queued = self.updates[stripe].lock().await;
         // Forget first: a failed or partial write must not leave a stale copy.
         self.forget(&[&id]);
         let change = self.backend.update(&id, &new_id, edit).await;
