@@ -200,7 +200,18 @@ struct Worker {
     stopped: watch::Receiver<bool>,
 }
 
+thread_local! {
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is a server worker: its current-thread runtime lives
+/// as long as the thread, so a store may keep per-thread connections on it.
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(|w| w.get())
+}
+
 fn run_worker(worker: Worker, acceptor: Option<Acceptor>) {
+    ON_WORKER.with(|w| w.set(true));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -118,6 +118,15 @@ return 1
     )
 });
 
+thread_local! {
+    /// A server worker's own connections to single-mode servers, by store:
+    /// see [`Inner::conn`].
+    static LOCAL: std::cell::RefCell<Vec<(u64, Conn)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Numbers stores, to tell their per-thread connections apart.
+static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Sessions in Redis: one server, a cluster, or a sentinel-managed master.
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -202,6 +211,8 @@ impl RedisStore {
         let budget = config.connect_timeout + config.command_timeout;
         let inner = Inner {
             target: describe(&config.topology),
+            id: STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            per_thread: matches!(config.topology, RedisTopology::Single(_)).then(|| config.clone()),
             conn,
             prefix: config.key_prefix.clone(),
             budget,
@@ -214,12 +225,16 @@ impl RedisStore {
         })
     }
 
-    /// Runs `fut` on the store's runtime and waits for it from any runtime.
+    /// Runs `fut` on the store's runtime and waits for it from any runtime;
+    /// on a server worker with its own connection, right there.
     async fn run<T, F>(&self, op: &'static str, fut: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        if self.inner.per_thread.is_some() && crate::server::on_worker_thread() {
+            return fut.await;
+        }
         match self.worker.handle.spawn(fut).await {
             Ok(result) => result,
             Err(e) => Err(StoreError {
@@ -250,7 +265,17 @@ impl RedisStore {
 
 /// What the store's tasks share: the connection and the key layout.
 struct Inner {
+    /// The connection on the store's own runtime, for every caller but the
+    /// server's workers in single mode.
     conn: Conn,
+    /// This store's number, for its per-thread connections.
+    id: u64,
+    /// In single mode, how to open a worker's own connection. A worker then
+    /// talks to Redis from its own thread: a command costs no hop to the
+    /// store's thread and back, which is most of what a round trip to a
+    /// local Redis costs. Still no pool: one multiplexed connection per
+    /// worker, as there is one runtime per worker.
+    per_thread: Option<RedisConfig>,
     prefix: String,
     /// Time allowed for one command: a connection, then an answer.
     budget: Duration,
@@ -260,6 +285,32 @@ struct Inner {
 }
 
 impl Inner {
+    /// The connection to use from this thread.
+    fn conn(&self) -> Conn {
+        let Some(config) = self
+            .per_thread
+            .as_ref()
+            .filter(|_| crate::server::on_worker_thread())
+        else {
+            return self.conn.clone();
+        };
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            if let Some((_, conn)) = local.iter().find(|(id, _)| *id == self.id) {
+                return conn.clone();
+            }
+            // Opened lazily inside the worker's runtime, which runs its tasks;
+            // a config that opened once for the store opens again.
+            match Conn::open(config) {
+                Ok(conn) => {
+                    local.push((self.id, conn.clone()));
+                    conn
+                }
+                Err(_) => self.conn.clone(),
+            }
+        })
+    }
+
     fn key(&self, id: &KeyHash) -> String {
         let mut key = String::with_capacity(self.prefix.len() + 64);
         key.push_str(&self.prefix);
@@ -302,7 +353,7 @@ impl Inner {
     }
 
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.bounded(op, async move { cmd.query_async(&mut conn).await })
             .await
     }
@@ -312,7 +363,7 @@ impl Inner {
     async fn get(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.bounded(op, async move {
             match cmd.query_async(&mut conn).await {
                 Err(e) if stale(&e) => cmd.query_async(&mut conn).await,
@@ -328,7 +379,7 @@ impl Inner {
         let Some(idle) = self.idle else {
             return self.get("load", &key).await;
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.bounded("load", async move {
             let mut slide = LOAD_SLIDING.key(&key);
             slide.arg(now).arg(idle).arg(MAX_TTL);
@@ -354,7 +405,7 @@ impl Inner {
         };
         let ttl = record.expires_at.saturating_sub(now).clamp(1, MAX_TTL);
         let index = self.index_key(subject);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.bounded(op, async move {
             INDEX_ADD
                 .key(&index)
@@ -392,7 +443,7 @@ impl Inner {
         record: &Record,
         ttl: i64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let written: i64 = self
             .bounded("update", async move {
                 CAS_SET
@@ -413,7 +464,7 @@ impl Inner {
         key: &str,
         expected: &[u8],
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let deleted: i64 = self
             .bounded(op, async move {
                 CAS_DEL.key(key).arg(expected).invoke_async(&mut conn).await
