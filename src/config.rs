@@ -57,6 +57,25 @@ pub struct RawConfig {
     /// TLS termination; absent means plain HTTP.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// The operators' listener: health, readiness, metrics.
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; null turns it off.
+    pub listen: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: Some("127.0.0.1:9090".into()),
+        }
+    }
 }
 
 /// `tls:` section.
@@ -84,6 +103,7 @@ impl Default for RawConfig {
             shutdown_grace: defaults::shutdown_grace(),
             workers: 0,
             tls: None,
+            admin: RawAdmin::default(),
         }
     }
 }
@@ -641,6 +661,8 @@ pub struct Config {
     pub workers: usize,
     /// TLS termination, loaded and checked.
     pub tls: Option<TlsConfig>,
+    /// The admin listener's address; `None` when turned off.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A loaded TLS certificate and key.
@@ -1058,6 +1080,30 @@ impl TryFrom<RawConfig> for Config {
             }
         };
 
+        let admin =
+            raw.admin
+                .listen
+                .as_deref()
+                .and_then(|s| match s.trim().parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        c.fail(
+                            "admin.listen",
+                            format!("{s:?} is not an IP:port address: {e}"),
+                        );
+                        None
+                    }
+                });
+        if let (Some(admin), Some(listen)) = (admin, listen)
+            && admin.port() != 0
+            && admin.port() == listen.port()
+        {
+            c.fail(
+                "admin.listen",
+                "must not be the proxy's port: health and metrics are for operators, never for clients",
+            );
+        }
+
         match (c.0.is_empty(), listen, upstream) {
             (true, Some(listen), Some(upstream)) => Ok(Config {
                 listen,
@@ -1072,6 +1118,7 @@ impl TryFrom<RawConfig> for Config {
                 shutdown_grace,
                 workers,
                 tls,
+                admin,
             }),
             _ => Err(ConfigError::Invalid(c.0)),
         }

@@ -167,6 +167,8 @@ fn demo_config(listen: SocketAddr, app: SocketAddr, secret: String) -> Result<Co
     raw.signing.secret = Some(secret);
     // Ctrl-C on a demo should not wait 25 s for a browser's idle keep-alive.
     raw.shutdown_grace = 2.0;
+    // A demo needs no probes, and must not clash with a real instance's admin port.
+    raw.admin.listen = None;
     Config::try_from(raw).map_err(DemoError::Config)
 }
 

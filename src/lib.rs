@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod cookies;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

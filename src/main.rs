@@ -129,8 +129,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let server = sessionward::start(&config, Arc::new(SystemClock)).await?;
+    let admin = server
+        .admin_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     info!(
         listen = %server.local_addr(),
+        admin,
         upstream = %config.upstream,
         workers = config.workers,
         store = ?config.store,

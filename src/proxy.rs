@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +21,7 @@ use crate::config::Config;
 use crate::config::StoreConfig;
 use crate::cookies::{self, CookieWriter};
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, SessionEvent, StoreOp};
 use crate::protocol::{self, HeaderNames};
 use crate::session::{
     self, Action, ApplyError, Changes, Loaded, Next, Policy, Record, SessionStore, Updated,
@@ -87,6 +90,34 @@ pub struct Proxy {
     store: Arc<dyn SessionStore>,
     upstream: Upstream,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    ids: RequestIds,
+}
+
+/// Request ids: a random prefix per worker and a counter, so ids are unique
+/// across workers and restarts without a random draw per request.
+#[derive(Debug)]
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut bytes = [0u8; 4];
+        // A failed draw only makes ids less unique across restarts.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        Self {
+            prefix: u32::from_le_bytes(bytes),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
+        HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -95,6 +126,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Ties a request's log lines, the app's logs and the client's report together.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Proxy {
     /// A proxy for a validated configuration.
@@ -102,6 +135,7 @@ impl Proxy {
         config: &Config,
         store: Arc<dyn SessionStore>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
         let names = HeaderNames::new(&config.header_prefix)
             .map_err(|e| ProxyError::Internal(format!("header prefix: {e}")))?;
@@ -124,32 +158,47 @@ impl Proxy {
             store,
             upstream: Upstream::new(&config.upstream, config.timeouts),
             clock,
+            metrics,
+            ids: RequestIds::new(),
         })
     }
 
     /// Handles one downstream request; failures become short error responses.
-    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let started = Instant::now();
         let method = req.method().clone();
         // Shares the request's bytes; no copy unless something is logged.
         let path = req.uri().path_and_query().cloned();
         let path = tracing::field::display(DisplayPath(path));
-        match self.pipeline(req, peer).await {
+        // A client's own id is replaced: with no trusted proxy in front, it
+        // could be used to forge or confuse log correlation.
+        let id = self.ids.next();
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        let request_id = tracing::field::display(String::from_utf8_lossy(id.as_bytes()));
+        let mut resp = match self.pipeline(req, peer).await {
             Ok(resp) => {
-                debug!(%method, path, status = resp.status().as_u16(), "proxied");
+                debug!(request_id, %method, path, status = resp.status().as_u16(), "proxied");
                 resp
             }
             Err(err) => {
                 match &err {
                     ProxyError::Store(_) | ProxyError::Internal(_) => {
-                        error!(%method, path, error = %err, "request failed")
+                        error!(request_id, %method, path, error = %err, "request failed")
                     }
-                    _ => warn!(%method, path, error = %err, "request failed"),
+                    _ => warn!(request_id, %method, path, error = %err, "request failed"),
+                }
+                if matches!(err, ProxyError::Protocol(_) | ProxyError::Apply(_)) {
+                    self.metrics.protocol_error();
                 }
                 let mut resp = err.to_response().map(Either::Right);
                 add_vary_cookie(resp.headers_mut());
                 resp
             }
-        }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+        self.metrics
+            .response(resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     async fn pipeline(
@@ -169,10 +218,12 @@ impl Proxy {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let names = self.names.clone();
+        let sent = Instant::now();
         let mut resp = self
             .upstream
             .send(req.map(|b| Relayed::new(b, names)))
             .await?;
+        self.metrics.upstream(sent.elapsed());
 
         let switching =
             resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
@@ -201,7 +252,11 @@ impl Proxy {
                 live: None,
             });
         };
-        let live = self.store.load(&cookie.value).await?;
+        let t = Instant::now();
+        let live = self.store.load(&cookie.value).await;
+        self.metrics
+            .store(StoreOp::Load, t.elapsed(), live.is_err());
+        let live = live?;
         if live.is_none() {
             debug!("malformed, unknown or expired session cookie ignored");
         }
@@ -311,18 +366,27 @@ impl Proxy {
         let edit = move |current: &Record| session::apply(Some(current), changes, &policy, now);
         // Only an action can move the session to a new key.
         let may_rekey = changes.action.is_some();
-        match self.store.update(&live.handle, may_rekey, &edit).await? {
-            Updated::Saved(saved) => Ok(CookieChange::Set(saved)),
+        let t = Instant::now();
+        let updated = self.store.update(&live.handle, may_rekey, &edit).await;
+        let failed = matches!(updated, Err(session::UpdateError::Store(_)));
+        self.metrics.store(StoreOp::Update, t.elapsed(), failed);
+        match updated? {
+            Updated::Saved(saved) => {
+                self.metrics.session(SessionEvent::Updated);
+                Ok(CookieChange::Set(saved))
+            }
             Updated::Moved(moved) => {
                 debug!(
                     old = %live.handle.key().hash(),
                     new = %moved.handle.key().hash(),
                     "session key rotated"
                 );
+                self.metrics.session(SessionEvent::Rotated);
                 Ok(CookieChange::Set(moved))
             }
             Updated::Deleted => {
                 debug!(session = %live.handle.key().hash(), "session deleted");
+                self.metrics.session(SessionEvent::Deleted);
                 Ok(CookieChange::Delete)
             }
             Updated::Gone => Err(ProxyError::SessionInterrupted),
@@ -341,7 +405,12 @@ impl Proxy {
         }
         match session::apply(None, changes, &self.policy, now)? {
             Next::Save { record, .. } => {
-                let created = self.store.create(record).await?;
+                let t = Instant::now();
+                let created = self.store.create(record).await;
+                let failed = matches!(created, Err(session::UpdateError::Store(_)));
+                self.metrics.store(StoreOp::Create, t.elapsed(), failed);
+                let created = created?;
+                self.metrics.session(SessionEvent::Created);
                 debug!(session = %created.handle.key().hash(), "session created");
                 Ok(CookieChange::Set(created))
             }
@@ -382,8 +451,12 @@ impl Proxy {
             }
             Ok(Next::Delete)
         };
-        match self.store.update(&live.handle, false, &end).await? {
-            Updated::Deleted => {}
+        let t = Instant::now();
+        let ended = self.store.update(&live.handle, false, &end).await;
+        let failed = matches!(ended, Err(session::UpdateError::Store(_)));
+        self.metrics.store(StoreOp::Update, t.elapsed(), failed);
+        match ended? {
+            Updated::Deleted => self.metrics.session(SessionEvent::Deleted),
             // Moved or ended by a concurrent request: nothing done, as for any update.
             _ => return Err(ProxyError::SessionInterrupted),
         }
@@ -396,7 +469,10 @@ impl Proxy {
         }
         let mut revoked = 0;
         for subject in subjects {
-            revoked += self.store.revoke_subject(subject).await?;
+            let t = Instant::now();
+            let n = self.store.revoke_subject(subject).await;
+            self.metrics.store(StoreOp::Revoke, t.elapsed(), n.is_err());
+            revoked += n?;
         }
         debug!(session = %live.handle.key().hash(), revoked, "subject's sessions revoked");
         self.start_session(true, changes, now).await

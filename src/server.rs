@@ -30,9 +30,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
+use crate::admin::{self, Admin};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::session::SessionStore;
 
@@ -58,10 +60,11 @@ pub enum StartError {
     Store(crate::session::StoreError),
 }
 
-/// A running server: its bound address and the handle to stop it.
+/// A running server: its bound addresses and the handle to stop it.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     workers: Vec<oneshot::Receiver<()>>,
 }
@@ -91,8 +94,18 @@ impl Server {
         };
         let listener = bind(config.listen).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let admin_listener = match config.admin {
+            Some(addr) => {
+                let err = |source| StartError::Bind { addr, source };
+                let l = admin::bind(addr).map_err(err)?;
+                let bound = l.local_addr().map_err(err)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
 
         let (stop, stopped) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
         let tls = config
             .tls
             .as_ref()
@@ -103,10 +116,17 @@ impl Server {
         for i in 0..config.workers {
             let (inbox, queue) = mpsc::unbounded_channel();
             let open = Arc::new(AtomicUsize::new(0));
+            metrics.track_open(open.clone());
             inboxes.push((inbox, open.clone()));
             let worker = Worker {
-                proxy: Arc::new(Proxy::new(config, store.clone(), clock.clone())?),
+                proxy: Arc::new(Proxy::new(
+                    config,
+                    store.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                )?),
                 tls: tls.clone(),
+                metrics: metrics.clone(),
                 queue,
                 open,
                 grace: config.shutdown_grace,
@@ -132,8 +152,23 @@ impl Server {
                 .map_err(StartError::Thread)?;
             workers.push(finished);
         }
+        let admin_addr = match admin_listener {
+            Some((listener, bound)) => {
+                let admin = Admin {
+                    metrics,
+                    store,
+                    upstream: admin::authority_of(&config.upstream),
+                };
+                admin
+                    .spawn(listener, stopped.clone())
+                    .map_err(StartError::Thread)?;
+                Some(bound)
+            }
+            None => None,
+        };
         Ok(Server {
             local_addr,
+            admin_addr,
             stop,
             workers,
         })
@@ -142,6 +177,11 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// A handle that stops this server.
@@ -194,6 +234,7 @@ struct Acceptor {
 struct Worker {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
+    metrics: Arc<Metrics>,
     queue: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     open: Arc<AtomicUsize>,
     grace: Duration,
@@ -301,6 +342,7 @@ async fn serve_loop(mut worker: Worker) {
                 continue;
             }
         };
+        worker.metrics.connection();
         let open = OpenGuard(worker.open.clone());
         let (proxy, builder, watcher) = (worker.proxy.clone(), builder.clone(), graceful.watcher());
         match &worker.tls {

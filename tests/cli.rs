@@ -116,7 +116,7 @@ fn run_serves_and_exits_0_on_sigterm() {
         &dir,
         "run.yaml",
         &format!(
-            "listen: 127.0.0.1:0\nupstream: http://{}\nsigning:\n  secret: ${{TEST_SECRET}}\n",
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream: http://{}\nsigning:\n  secret: ${{TEST_SECRET}}\n",
             upstream
         ),
     );
@@ -130,11 +130,12 @@ fn run_serves_and_exits_0_on_sigterm() {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // The JSON log line announcing the bound address is the readiness signal.
-    let listen = loop {
+    let (listen, admin) = loop {
         let line = lines.next().expect("log line").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log lines");
         if let Some(addr) = v["fields"]["listen"].as_str() {
-            break addr.to_string();
+            let admin = v["fields"]["admin"].as_str().expect("admin address logged");
+            break (addr.to_string(), admin.to_string());
         }
     };
     let mut conn = std::net::TcpStream::connect(&listen).expect("proxy is listening");
@@ -144,6 +145,46 @@ fn run_serves_and_exits_0_on_sigterm() {
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("x-request-id: "),
+        "{answer}"
+    );
+
+    // The admin listener, as an orchestrator sees it.
+    let get = |path: &str| {
+        let mut conn = std::net::TcpStream::connect(&admin).expect("admin is listening");
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let health = get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let ready = get("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 503"),
+        "no upstream, not ready: {ready}"
+    );
+    assert!(ready.contains(&format!("upstream {upstream}")), "{ready}");
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("sessionward_responses_total{class=\"5xx\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sessionward_connections_total 1\n"),
+        "{metrics}"
+    );
+    // The upstream comes up: ready.
+    let up = std::net::TcpListener::bind(upstream).expect("the upstream port is free again");
+    let ready = get("/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    drop(up);
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -144,7 +144,7 @@ impl Drop for Proxy {
 
 fn write_config(dir: &Path, upstream: SocketAddr, db: &Path) -> PathBuf {
     let yaml = format!(
-        "listen: 127.0.0.1:0\n\
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
          upstream: http://{upstream}\n\
          workers: 2\n\
          shutdown_grace: 5\n\

@@ -433,6 +433,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// What this store promises.
     fn capabilities(&self) -> Capabilities;
+
+    /// Checks that the store answers, for readiness probes. Cheap: one read.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

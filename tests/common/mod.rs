@@ -227,6 +227,8 @@ pub fn raw_config(upstream: SocketAddr) -> RawConfig {
         ..Default::default()
     };
     raw.signing.secret = Some(SECRET.into());
+    // Tests run side by side: no fixed admin port.
+    raw.admin.listen = Some("127.0.0.1:0".into());
     // The test client talks plain http; Secure is checked in unit tests.
     raw.cookie.secure = false;
     raw
