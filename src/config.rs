@@ -60,6 +60,12 @@ pub struct RawConfig {
     /// The operators' listener: health, readiness, metrics.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Proxies (CIDRs) whose X-Forwarded-* and X-Request-Id are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Path prefixes served without sessions (static files, health checks).
+    #[serde(default)]
+    pub bypass: Vec<String>,
 }
 
 /// `admin:` section.
@@ -104,6 +110,8 @@ impl Default for RawConfig {
             workers: 0,
             tls: None,
             admin: RawAdmin::default(),
+            trusted_proxies: Vec::new(),
+            bypass: Vec::new(),
         }
     }
 }
@@ -663,6 +671,64 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The admin listener's address; `None` when turned off.
     pub admin: Option<SocketAddr>,
+    /// Peers whose forwarding headers are kept and appended to.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Path prefixes served without sessions.
+    pub bypass: Vec<String>,
+}
+
+/// An IP network such as `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or a CIDR such as 10.0.0.0/8"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { net, prefix })
+    }
 }
 
 /// A loaded TLS certificate and key.
@@ -1104,6 +1170,31 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
+        let mut trusted_proxies = Vec::new();
+        for (i, t) in raw.trusted_proxies.iter().enumerate() {
+            match t.parse::<Cidr>() {
+                Ok(cidr) => trusted_proxies.push(cidr),
+                Err(e) => c.fail(&format!("trusted_proxies[{i}]"), e),
+            }
+        }
+        let mut bypass = Vec::new();
+        for (i, p) in raw.bypass.iter().enumerate() {
+            let p = p.trim();
+            if !p.starts_with('/') {
+                c.fail(
+                    &format!("bypass[{i}]"),
+                    format!("{p:?} must be a path prefix starting with /"),
+                );
+            } else if p == "/" {
+                c.fail(
+                    &format!("bypass[{i}]"),
+                    "\"/\" would bypass sessions for every request; name the paths that need none, such as /static/",
+                );
+            } else {
+                bypass.push(p.to_owned());
+            }
+        }
+
         match (c.0.is_empty(), listen, upstream) {
             (true, Some(listen), Some(upstream)) => Ok(Config {
                 listen,
@@ -1119,6 +1210,8 @@ impl TryFrom<RawConfig> for Config {
                 workers,
                 tls,
                 admin,
+                trusted_proxies,
+                bypass,
             }),
             _ => Err(ConfigError::Invalid(c.0)),
         }
@@ -1569,5 +1662,40 @@ mod tests {
         fn clone_problems(&self) -> ConfigError {
             ConfigError::Invalid(self.problems().to_vec())
         }
+    }
+
+    #[test]
+    fn cidrs_match_their_networks_only() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(c("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(
+            c("10.0.0.0/8").contains(ip("::ffff:10.0.0.1")),
+            "IPv4-mapped"
+        );
+        assert!(c("192.168.1.5").contains(ip("192.168.1.5")));
+        assert!(!c("192.168.1.5").contains(ip("192.168.1.6")));
+        assert!(c("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(c("fd00::/8").contains(ip("fd12::1")));
+        assert!(!c("fd00::/8").contains(ip("10.0.0.1")));
+        for bad in ["10.0.0.0/33", "nope", "::1/129", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let mut raw = RawConfig {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some("http://127.0.0.1:1".into()),
+            trusted_proxies: vec!["10.0.0.0/8".into(), "bad".into()],
+            bypass: vec!["static".into(), "/".into(), "/assets/".into()],
+            ..Default::default()
+        };
+        raw.signing.secret = Some("s".repeat(40));
+        let paths: Vec<String> = Config::try_from(raw)
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        assert_eq!(paths, ["trusted_proxies[1]", "bypass[0]", "bypass[1]"]);
     }
 }

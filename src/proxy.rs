@@ -18,7 +18,7 @@ use tracing::{debug, error, warn};
 use crate::body::Relayed;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::config::StoreConfig;
+use crate::config::{Cidr, StoreConfig};
 use crate::cookies::{self, CookieWriter};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, SessionEvent, StoreOp};
@@ -92,6 +92,8 @@ pub struct Proxy {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     ids: RequestIds,
+    trusted: Vec<Cidr>,
+    bypass: Vec<Box<str>>,
 }
 
 /// Request ids: a random prefix per worker and a counter, so ids are unique
@@ -160,6 +162,8 @@ impl Proxy {
             clock,
             metrics,
             ids: RequestIds::new(),
+            trusted: config.trusted_proxies.clone(),
+            bypass: config.bypass.iter().map(|p| p.as_str().into()).collect(),
         })
     }
 
@@ -170,22 +174,28 @@ impl Proxy {
         // Shares the request's bytes; no copy unless something is logged.
         let path = req.uri().path_and_query().cloned();
         let path = tracing::field::display(DisplayPath(path));
-        // A client's own id is replaced: with no trusted proxy in front, it
+        // A trusted proxy's id is kept; anybody else's is replaced, since it
         // could be used to forge or confuse log correlation.
-        let id = self.ids.next();
+        let trusted = self.is_trusted(&peer);
+        let id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) if trusted && !id.is_empty() && id.len() <= 200 => id.clone(),
+            _ => self.ids.next(),
+        };
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         let request_id = tracing::field::display(String::from_utf8_lossy(id.as_bytes()));
+        let client =
+            tracing::field::display(client_ip(req.headers(), peer.addr.ip(), &self.trusted));
         let mut resp = match self.pipeline(req, peer).await {
             Ok(resp) => {
-                debug!(request_id, %method, path, status = resp.status().as_u16(), "proxied");
+                debug!(request_id, client, %method, path, status = resp.status().as_u16(), "proxied");
                 resp
             }
             Err(err) => {
                 match &err {
                     ProxyError::Store(_) | ProxyError::Internal(_) => {
-                        error!(request_id, %method, path, error = %err, "request failed")
+                        error!(request_id, client, %method, path, error = %err, "request failed")
                     }
-                    _ => warn!(request_id, %method, path, error = %err, "request failed"),
+                    _ => warn!(request_id, client, %method, path, error = %err, "request failed"),
                 }
                 if matches!(err, ProxyError::Protocol(_) | ProxyError::Apply(_)) {
                     self.metrics.protocol_error();
@@ -213,6 +223,9 @@ impl Proxy {
         let upgrade = strip_inbound_headers(req.headers_mut(), &self.names, version);
         let cookie =
             cookies::take_session_cookie(req.headers_mut(), self.cookies.name(), self.max_chunks);
+        if self.is_bypassed(req.uri().path()) {
+            return self.pass_through(req, &peer).await;
+        }
         let session = self.resolve_session(cookie).await?;
         self.build_upstream_request(&mut req, &session, &peer, now)?;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -282,25 +295,56 @@ impl Proxy {
         let token = self.sign_token(req, session, now);
         *req.uri_mut() = self.upstream.uri_for(req.uri())?;
         *req.version_mut() = Version::HTTP_11;
-
-        let h = req.headers_mut();
-        if let Some(host) = host {
-            h.insert(X_FORWARDED_HOST, host.clone());
-            h.insert(header::HOST, host);
-        }
-        // No trusted proxies yet: whatever the client claimed about itself is
-        // replaced, and the other spellings of the same claims are dropped.
-        h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
-        h.remove(header::FORWARDED);
-        h.remove(X_REAL_IP);
-        h.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
-        );
+        set_forwarding_headers(req.headers_mut(), host, peer, self.is_trusted(peer));
         let token = HeaderValue::try_from(token)
             .map_err(|e| ProxyError::Internal(format!("token header: {e}")))?;
-        h.insert(self.names.token.clone(), token);
+        req.headers_mut().insert(self.names.token.clone(), token);
         Ok(())
+    }
+
+    /// Whether the connection comes from a configured trusted proxy.
+    fn is_trusted(&self, peer: &Peer) -> bool {
+        !self.trusted.is_empty() && self.trusted.iter().any(|c| c.contains(peer.addr.ip()))
+    }
+
+    /// Whether `path` is configured to go through without sessions.
+    fn is_bypassed(&self, path: &str) -> bool {
+        self.bypass.iter().any(|p| path.starts_with(&**p))
+    }
+
+    /// A `bypass` path: forwarded without a session lookup or a token. The
+    /// inbound stripping has run; the app's session headers are stripped
+    /// unread and it cannot set the session cookie; `Vary` is left alone so
+    /// static files stay cacheable.
+    async fn pass_through(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<Body>, ProxyError> {
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        *req.uri_mut() = self.upstream.uri_for(req.uri())?;
+        *req.version_mut() = Version::HTTP_11;
+        set_forwarding_headers(req.headers_mut(), host, peer, self.is_trusted(peer));
+        let names = self.names.clone();
+        let sent = Instant::now();
+        let mut resp = self
+            .upstream
+            .send(req.map(|b| Relayed::new(b, names)))
+            .await?;
+        self.metrics.upstream(sent.elapsed());
+        strip_hop_by_hop(resp.headers_mut(), false);
+        protocol::strip_prefixed(resp.headers_mut(), &self.names);
+        cookies::drop_upstream_session_cookies(
+            resp.headers_mut(),
+            self.cookies.name(),
+            self.max_chunks,
+        );
+        let names = self.names.clone();
+        Ok(resp.map(|b| Either::Left(Relayed::new(b, names))))
     }
 
     fn sign_token<B>(&self, req: &Request<B>, session: &Resolved, now: i64) -> String {
@@ -505,6 +549,78 @@ impl Proxy {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
     }
+}
+
+/// Sets `Host`, `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted
+/// proxy, what it says is kept and the peer is appended to the chain; from
+/// anybody else, every claim is replaced and the other spellings of the same
+/// claims (`Forwarded`, `X-Real-IP`) are dropped.
+fn set_forwarding_headers(
+    h: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    peer: &Peer,
+    trusted: bool,
+) {
+    let proto = HeaderValue::from_static(if peer.tls { "https" } else { "http" });
+    if trusted {
+        let chain: Vec<&[u8]> = h
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let appended = if chain.is_empty() {
+            peer.forwarded_for.clone()
+        } else {
+            let mut joined = chain.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.forwarded_for.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.forwarded_for.clone())
+        };
+        h.insert(X_FORWARDED_FOR, appended);
+        if !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, proto);
+        }
+        if let Some(host) = host {
+            if !h.contains_key(X_FORWARDED_HOST) {
+                h.insert(X_FORWARDED_HOST, host.clone());
+            }
+            h.insert(header::HOST, host);
+        }
+        return;
+    }
+    if let Some(host) = host {
+        h.insert(X_FORWARDED_HOST, host.clone());
+        h.insert(header::HOST, host);
+    }
+    h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+    h.remove(header::FORWARDED);
+    h.remove(X_REAL_IP);
+    h.insert(X_FORWARDED_PROTO, proto);
+}
+
+/// The client's address as a trusted chain tells it: `X-Forwarded-For` read
+/// right to left, skipping trusted proxies; the first untrusted hop is the
+/// client. Without a trusted peer, the peer itself.
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: &[Cidr],
+) -> std::net::IpAddr {
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let hops: Vec<std::net::IpAddr> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|c| c.contains(*ip)))
+        .unwrap_or(peer)
 }
 
 /// Logs a request path without copying it up front.
@@ -734,5 +850,24 @@ mod tests {
         let err = take_update_headers(&mut h, &names(), StatusCode::OK).unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<Cidr> = ["10.0.0.0/8", "192.168.1.1"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.7,10.1.1.1")]);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            client_ip(&h, ip("192.168.1.1"), &trusted),
+            ip("203.0.113.7")
+        );
+        // An untrusted peer's claims are not read at all.
+        assert_eq!(client_ip(&h, ip("8.8.8.8"), &trusted), ip("8.8.8.8"));
+        // Only trusted hops: the leftmost one, the furthest known.
+        let h = headers(&[("x-forwarded-for", "10.0.0.1")]);
+        assert_eq!(client_ip(&h, ip("10.0.0.2"), &trusted), ip("10.0.0.2"));
     }
 }
