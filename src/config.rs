@@ -66,6 +66,43 @@ pub struct RawConfig {
     /// Path prefixes served without sessions (static files, health checks).
     #[serde(default)]
     pub bypass: Vec<String>,
+    /// Limits that protect the proxy and its clients from each other.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `limits:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Seconds a client has to send a request's headers, and (HTTP/1) the
+    /// longest a kept-alive connection may wait for its next request.
+    #[serde(deserialize_with = "lenient")]
+    pub header_read_timeout: f64,
+    /// Largest request head (request line and headers), in bytes; 431 beyond.
+    #[serde(deserialize_with = "lenient")]
+    pub max_header_bytes: i64,
+    /// Largest `Cookie` header, in bytes; 431 beyond.
+    #[serde(deserialize_with = "lenient")]
+    pub max_cookie_bytes: i64,
+    /// Most downstream connections open at once; more are closed at once.
+    #[serde(deserialize_with = "lenient")]
+    pub max_connections: i64,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[serde(deserialize_with = "lenient")]
+    pub h2_max_concurrent_streams: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: 65.0,
+            max_header_bytes: 65_536,
+            max_cookie_bytes: 16_384,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+        }
+    }
 }
 
 /// `admin:` section.
@@ -112,6 +149,7 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             trusted_proxies: Vec::new(),
             bypass: Vec::new(),
+            limits: RawLimits::default(),
         }
     }
 }
@@ -675,6 +713,23 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// Path prefixes served without sessions.
     pub bypass: Vec<String>,
+    /// Connection and request limits.
+    pub limits: Limits,
+}
+
+/// Validated `limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send request headers; also the HTTP/1 keep-alive idle limit.
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+    /// Largest `Cookie` header in bytes.
+    pub max_cookie_bytes: usize,
+    /// Most open downstream connections.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// An IP network such as `10.0.0.0/8` or `::1/128`.
@@ -1195,6 +1250,29 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
+        let l = &raw.limits;
+        let limits = Limits {
+            header_read_timeout: c.seconds("limits.header_read_timeout", l.header_read_timeout),
+            max_header_bytes: {
+                // hyper cannot read a request head into less than 8 KiB.
+                if l.max_header_bytes < 8192 {
+                    c.fail(
+                        "limits.max_header_bytes",
+                        format!("must be at least 8192, got {}", l.max_header_bytes),
+                    );
+                }
+                l.max_header_bytes.max(8192) as usize
+            },
+            max_cookie_bytes: c.positive("limits.max_cookie_bytes", l.max_cookie_bytes) as usize,
+            max_connections: c.positive("limits.max_connections", l.max_connections) as usize,
+            h2_max_concurrent_streams: c
+                .positive(
+                    "limits.h2_max_concurrent_streams",
+                    l.h2_max_concurrent_streams,
+                )
+                .min(u64::from(u32::MAX)) as u32,
+        };
+
         match (c.0.is_empty(), listen, upstream) {
             (true, Some(listen), Some(upstream)) => Ok(Config {
                 listen,
@@ -1212,6 +1290,7 @@ impl TryFrom<RawConfig> for Config {
                 admin,
                 trusted_proxies,
                 bypass,
+                limits,
             }),
             _ => Err(ConfigError::Invalid(c.0)),
         }

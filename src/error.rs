@@ -37,6 +37,16 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request header is over its configured limit.
+    #[error("request header {name} is {size} bytes, over the limit of {max}")]
+    HeaderTooLarge {
+        /// Which header.
+        name: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A method sessionward never forwards (CONNECT).
     #[error("method {0} is not forwarded")]
     MethodNotAllowed(http::Method),
@@ -63,6 +73,7 @@ impl ProxyError {
             ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Protocol(_) | ProxyError::Apply(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionInterrupted | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +90,7 @@ impl ProxyError {
             }
             ProxyError::SessionInterrupted => "session was interrupted by a concurrent request\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::HeaderTooLarge { .. } => "request header too large\n",
             ProxyError::MethodNotAllowed(_) => "method not allowed\n",
             ProxyError::Internal(_) => "internal error\n",
         }
@@ -131,6 +143,14 @@ mod tests {
             ),
             (ProxyError::SessionInterrupted, 400),
             (ProxyError::BadRequest("x".into()), 400),
+            (
+                ProxyError::HeaderTooLarge {
+                    name: "cookie",
+                    size: 2,
+                    max: 1,
+                },
+                431,
+            ),
             (ProxyError::MethodNotAllowed(http::Method::CONNECT), 405),
             (ProxyError::Internal("rng".into()), 500),
         ];

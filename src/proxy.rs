@@ -94,6 +94,7 @@ pub struct Proxy {
     ids: RequestIds,
     trusted: Vec<Cidr>,
     bypass: Vec<Box<str>>,
+    max_cookie_bytes: usize,
 }
 
 /// Request ids: a random prefix per worker and a counter, so ids are unique
@@ -164,6 +165,7 @@ impl Proxy {
             ids: RequestIds::new(),
             trusted: config.trusted_proxies.clone(),
             bypass: config.bypass.iter().map(|p| p.as_str().into()).collect(),
+            max_cookie_bytes: config.limits.max_cookie_bytes,
         })
     }
 
@@ -219,6 +221,7 @@ impl Proxy {
         // One reading of the clock per request: token, store and cookie agree.
         let now = self.clock.now();
         refuse_unsupported(&req)?;
+        check_cookie_size(req.headers(), self.max_cookie_bytes)?;
         let version = req.version();
         let upgrade = strip_inbound_headers(req.headers_mut(), &self.names, version);
         let cookie =
@@ -631,6 +634,24 @@ impl std::fmt::Display for DisplayPath {
         // The path only: queries may carry tokens that do not belong in logs.
         f.write_str(self.0.as_ref().map_or("/", |p| p.path()))
     }
+}
+
+/// Refuses a `Cookie` header (all its fields together) over the limit: it
+/// would be parsed on every request, and no store needs that much.
+fn check_cookie_size(headers: &HeaderMap, max: usize) -> Result<(), ProxyError> {
+    let size: usize = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.len() + 2)
+        .sum();
+    if size > max + 2 {
+        return Err(ProxyError::HeaderTooLarge {
+            name: "cookie",
+            size: size.saturating_sub(2),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses what a reverse proxy for one app has no business forwarding:

@@ -119,6 +119,7 @@ impl Server {
             metrics.track_open(open.clone());
             inboxes.push((inbox, open.clone()));
             let worker = Worker {
+                limits: config.limits,
                 proxy: Arc::new(Proxy::new(
                     config,
                     store.clone(),
@@ -138,6 +139,7 @@ impl Server {
                     listener,
                     inboxes: std::mem::take(&mut inboxes),
                     stopped: stopped.clone(),
+                    max_connections: config.limits.max_connections,
                 })
             } else {
                 None
@@ -227,6 +229,7 @@ struct Acceptor {
     listener: std::net::TcpListener,
     inboxes: Vec<Inbox>,
     stopped: watch::Receiver<bool>,
+    max_connections: usize,
 }
 
 /// One thread's share of the work: its proxy (and upstream pool) and its
@@ -234,6 +237,7 @@ struct Acceptor {
 struct Worker {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
+    limits: crate::config::Limits,
     metrics: Arc<Metrics>,
     queue: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     open: Arc<AtomicUsize>,
@@ -293,6 +297,18 @@ async fn accept_loop(mut acceptor: Acceptor) {
                 }
             },
         };
+        let open_now: usize = acceptor
+            .inboxes
+            .iter()
+            .map(|(_, open)| open.load(Ordering::Relaxed))
+            .sum();
+        if open_now >= acceptor.max_connections {
+            // Closed at once: the client retries or goes elsewhere, and the
+            // connections being served keep their file descriptors and memory.
+            debug!(%addr, open = open_now, "connection limit reached; closed");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let Some((inbox, open)) = acceptor
             .inboxes
@@ -316,14 +332,26 @@ async fn accept_loop(mut acceptor: Acceptor) {
 
 async fn serve_loop(mut worker: Worker) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    let limits = worker.limits;
+    // hyper's header read timeout runs from the moment a connection waits for
+    // a request: it cuts off slowloris clients and idle keep-alive alike.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
     // hyper's 16 KB default would refuse the cookie store's own chunked
     // cookies (up to 4 x 3,800 bytes) next to the app's cookies; HTTP/1
     // already allows more.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): few streams a client may open and
+        // cancel before they are even served.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, addr) = tokio::select! {
