@@ -795,6 +795,8 @@ pub struct TlsConfig {
     pub key: std::path::PathBuf,
     /// The rustls configuration built from them.
     pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// The loaded pair, which a reload replaces.
+    pub certificates: std::sync::Arc<crate::tls::Certificates>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -1181,8 +1183,15 @@ impl TryFrom<RawConfig> for Config {
                 std::path::PathBuf::from(&t.cert),
                 std::path::PathBuf::from(&t.key),
             );
-            match crate::tls::server_config(&cert, &key) {
-                Ok(server) => Some(TlsConfig { cert, key, server }),
+            let loaded = crate::tls::Certificates::load(&cert, &key)
+                .and_then(|certificates| Ok((certificates.server_config()?, certificates)));
+            match loaded {
+                Ok((server, certificates)) => Some(TlsConfig {
+                    cert,
+                    key,
+                    server,
+                    certificates,
+                }),
                 Err(message) => {
                     c.fail("tls", message);
                     None

@@ -141,6 +141,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         "sessionward is serving"
     );
     stop_on_signal(server.stop_handle());
+    if let Some(certs) = server.certificates() {
+        reload_on_sighup(certs);
+    }
     server.wait().await;
     info!("stopped");
     Ok(())
@@ -162,6 +165,25 @@ async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     demo.wait().await;
     Ok(())
 }
+
+/// SIGHUP: read the TLS certificate and key again (they are also watched).
+#[cfg(unix)]
+fn reload_on_sighup(certs: Arc<sessionward::tls::Certificates>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = certs.reload() {
+                tracing::error!(error = %e, "SIGHUP: the TLS files cannot be used; keeping the old certificate");
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_certs: Arc<sessionward::tls::Certificates>) {}
 
 /// SIGINT or SIGTERM: stop accepting and drain.
 fn stop_on_signal(handle: StopHandle) {

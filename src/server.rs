@@ -60,11 +60,15 @@ pub enum StartError {
     Store(crate::session::StoreError),
 }
 
+/// How often the TLS files are checked for a new certificate.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A running server: its bound addresses and the handle to stop it.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    certificates: Option<Arc<crate::tls::Certificates>>,
     stop: watch::Sender<bool>,
     workers: Vec<oneshot::Receiver<()>>,
 }
@@ -168,9 +172,26 @@ impl Server {
             }
             None => None,
         };
+        let certificates = config.tls.as_ref().map(|t| t.certificates.clone());
+        if let Some(certs) = certificates.clone() {
+            let stopped = stopped.clone();
+            std::thread::Builder::new()
+                .name("sessionward-tls-watch".into())
+                .spawn(move || {
+                    // Polling the modification times: no inotify dependency,
+                    // and it works on the mounted Secrets of Kubernetes,
+                    // which are swapped by a symlink.
+                    while !*stopped.borrow() {
+                        std::thread::sleep(TLS_WATCH_INTERVAL);
+                        certs.reload_if_changed();
+                    }
+                })
+                .map_err(StartError::Thread)?;
+        }
         Ok(Server {
             local_addr,
             admin_addr,
+            certificates,
             stop,
             workers,
         })
@@ -184,6 +205,11 @@ impl Server {
     /// The admin listener's address, when it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The TLS certificate store, for a reload on SIGHUP.
+    pub fn certificates(&self) -> Option<Arc<crate::tls::Certificates>> {
+        self.certificates.clone()
     }
 
     /// A handle that stops this server.

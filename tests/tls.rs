@@ -204,3 +204,76 @@ fn unreadable_or_mismatched_key_material_is_a_config_error() {
         assert!(!p.message.is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_new_certificate_on_disk_is_used_without_dropping_connections() {
+    let cert = Cert::generate("reload");
+    let h = Harness::build(Upstream::start().await, |c| c.tls = Some(cert.raw()), None).await;
+    let first = cert.connect(h.addr, b"http/1.1").await;
+    let presented = |tls: &tokio_rustls::client::TlsStream<TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    let old_der = presented(&first);
+    let mut kept = http1(first).await;
+
+    // A renewed certificate replaces the files, as cert-manager would.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(
+        cert.dir.join("key.pem"),
+        renewed.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::write(cert.dir.join("cert.pem"), renewed.cert.pem()).unwrap();
+    let renewed_pem = renewed.cert.pem();
+
+    // New connections get the new certificate within the watch interval; a
+    // client trusting only the new one fails until then.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let new_der = loop {
+        if let Ok(Some(tls)) = timeout(DEADLINE, connect_trusting(h.addr, &renewed_pem)).await {
+            break presented(&tls);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(new_der, old_der);
+
+    // The connection made before the reload still works.
+    let req = Request::get("/after-reload")
+        .header("host", "x")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = timeout(DEADLINE, kept.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(h.upstream.last().path, "/after-reload");
+}
+
+/// A TLS connection that trusts only `pem`; `None` if the handshake fails.
+async fn connect_trusting(
+    addr: std::net::SocketAddr,
+    pem: &str,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()
+}
