@@ -36,6 +36,8 @@ pub struct Admin {
     pub store: Arc<dyn SessionStore>,
     /// `host:port` of the upstream, connected to by `/readyz`.
     pub upstream: String,
+    /// The upstream's Unix socket, connected to instead when set.
+    pub upstream_socket: Option<std::path::PathBuf>,
 }
 
 impl Admin {
@@ -130,8 +132,18 @@ impl Admin {
             }
         };
         let upstream = async {
-            match tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(&self.upstream)).await {
-                Ok(Ok(_)) => Ok(()),
+            let connected = match &self.upstream_socket {
+                Some(path) => {
+                    tokio::time::timeout(CHECK_TIMEOUT, tokio::net::UnixStream::connect(path))
+                        .await
+                        .map(|r| r.map(drop))
+                }
+                None => tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(&self.upstream))
+                    .await
+                    .map(|r| r.map(drop)),
+            };
+            match connected {
+                Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("upstream {}: {e}", self.upstream)),
                 Err(_) => Err(format!(
                     "upstream {}: no connection within {CHECK_TIMEOUT:?}",

@@ -685,8 +685,11 @@ pub struct Timeouts {
 pub struct Config {
     /// Listening address.
     pub listen: SocketAddr,
-    /// Upstream base URI: scheme and authority only.
+    /// Upstream base URI: scheme and authority only (`http://localhost`
+    /// for a Unix socket upstream).
     pub upstream: Uri,
+    /// The Unix socket the upstream listens on, for `unix:/path` upstreams.
+    pub upstream_socket: Option<std::path::PathBuf>,
     /// Cookie attributes.
     pub cookie: CookieConfig,
     /// Session rules.
@@ -1080,9 +1083,19 @@ impl TryFrom<RawConfig> for Config {
             None => {
                 c.fail(
                     "upstream",
-                    "is required (for example http://127.0.0.1:8000)",
+                    "is required (for example http://127.0.0.1:8000 or unix:/run/app.sock)",
                 );
                 None
+            }
+            Some(s) if s.trim().starts_with("unix:") => {
+                let path = s.trim().trim_start_matches("unix:");
+                if !path.starts_with('/') {
+                    c.fail(
+                        "upstream",
+                        format!("{s:?}: a Unix socket upstream needs an absolute path, as in unix:/run/app.sock"),
+                    );
+                }
+                Some(Uri::from_static("http://localhost/"))
             }
             Some(s) => match parse_upstream(s.trim()) {
                 Ok(u) => Some(u),
@@ -1092,6 +1105,11 @@ impl TryFrom<RawConfig> for Config {
                 }
             },
         };
+        let upstream_socket = raw
+            .upstream
+            .as_deref()
+            .and_then(|s| s.trim().strip_prefix("unix:"))
+            .map(std::path::PathBuf::from);
 
         let cookie = validate_cookie(&raw.cookie, &mut c);
 
@@ -1286,6 +1304,7 @@ impl TryFrom<RawConfig> for Config {
             (true, Some(listen), Some(upstream)) => Ok(Config {
                 listen,
                 upstream,
+                upstream_socket,
                 cookie,
                 session,
                 store,

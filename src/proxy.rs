@@ -159,7 +159,11 @@ impl Proxy {
             idle_timeout: config.session.idle_timeout,
             signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
             store,
-            upstream: Upstream::new(&config.upstream, config.timeouts),
+            upstream: Upstream::new(
+                &config.upstream,
+                config.upstream_socket.as_deref(),
+                config.timeouts,
+            ),
             clock,
             metrics,
             ids: RequestIds::new(),

@@ -163,7 +163,11 @@ impl Server {
                 let admin = Admin {
                     metrics,
                     store,
-                    upstream: admin::authority_of(&config.upstream),
+                    upstream: match &config.upstream_socket {
+                        Some(path) => path.display().to_string(),
+                        None => admin::authority_of(&config.upstream),
+                    },
+                    upstream_socket: config.upstream_socket.clone(),
                 };
                 admin
                     .spawn(listener, stopped.clone())

@@ -43,9 +43,9 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for `base` (scheme and authority, validated by config).
-    pub fn new(base: &Uri, timeouts: Timeouts) -> Self {
+    pub fn new(base: &Uri, socket: Option<&std::path::Path>, timeouts: Timeouts) -> Self {
         Self {
-            client: Client::new(base, timeouts),
+            client: Client::new(base, socket, timeouts),
         }
     }
 
@@ -104,7 +104,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    fn new(base: &Uri, timeouts: Timeouts) -> Self {
+    fn new(base: &Uri, socket: Option<&std::path::Path>, timeouts: Timeouts) -> Self {
         let authority = base
             .authority()
             .cloned()
@@ -114,7 +114,7 @@ where
             .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1"));
         Self {
             pool: Arc::new(Pool::default()),
-            connector: Connector::new(authority, timeouts.upstream_connect),
+            connector: Connector::new(authority, socket, timeouts.upstream_connect),
             host,
             response_timeout: timeouts.upstream_response,
         }
@@ -178,12 +178,14 @@ struct Connector {
     port: u16,
     /// For error messages.
     authority: Authority,
+    /// A Unix socket to connect to instead of `host:port`.
+    socket: Option<std::path::PathBuf>,
     timeout: Duration,
     http1: http1::Builder,
 }
 
 impl Connector {
-    fn new(authority: Authority, timeout: Duration) -> Self {
+    fn new(authority: Authority, socket: Option<&std::path::Path>, timeout: Duration) -> Self {
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -193,6 +195,7 @@ impl Connector {
             // Config only accepts http:// upstreams.
             port: authority.port_u16().unwrap_or(80),
             authority,
+            socket: socket.map(ToOwned::to_owned),
             timeout,
             http1: http1::Builder::new(),
         }
@@ -206,6 +209,21 @@ impl Connector {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        if let Some(path) = &self.socket {
+            let connect = tokio::net::UnixStream::connect(path);
+            let stream = match tokio::time::timeout(self.timeout, connect).await {
+                Err(_) => return Err(ProxyError::UpstreamTimeout(self.timeout)),
+                Ok(Err(e)) => {
+                    return Err(ProxyError::UpstreamUnreachable(format!(
+                        "connect to {}: {}",
+                        path.display(),
+                        chain(&e)
+                    )));
+                }
+                Ok(Ok(stream)) => stream,
+            };
+            return self.handshake(stream).await;
+        }
         let connect = TcpStream::connect((&*self.host, self.port));
         let stream = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(self.timeout)),
@@ -229,6 +247,17 @@ impl Connector {
         if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             debug!(error = %e, "cannot enable TCP keep-alive on the upstream connection");
         }
+        self.handshake(stream).await
+    }
+
+    /// HTTP/1.1 over a connected stream, its protocol task on this runtime.
+    async fn handshake<B, I>(&self, stream: I) -> Result<http1::SendRequest<B>, ProxyError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = self
             .http1
             .handshake(TokioIo::new(stream))
@@ -432,6 +461,7 @@ mod tests {
         let base: Uri = format!("http://{addr}").parse().unwrap();
         Client::new(
             &base,
+            None,
             Timeouts {
                 upstream_connect: Duration::from_secs(10),
                 upstream_response: response,
@@ -650,7 +680,7 @@ mod tests {
             upstream_connect: Duration::from_secs(1),
             upstream_response: Duration::from_secs(1),
         };
-        let up = Upstream::new(&"http://app:8000/".parse().unwrap(), timeouts);
+        let up = Upstream::new(&"http://app:8000/".parse().unwrap(), None, timeouts);
         let uri = up
             .uri_for(&"http://client.example/a?b=1".parse().unwrap())
             .unwrap();
@@ -660,9 +690,13 @@ mod tests {
 
     #[test]
     fn connector_takes_host_and_port_from_the_authority() {
-        let c = Connector::new(Authority::from_static("[::1]:8080"), Duration::from_secs(1));
+        let c = Connector::new(
+            Authority::from_static("[::1]:8080"),
+            None,
+            Duration::from_secs(1),
+        );
         assert_eq!((&*c.host, c.port), ("::1", 8080));
-        let c = Connector::new(Authority::from_static("app"), Duration::from_secs(1));
+        let c = Connector::new(Authority::from_static("app"), None, Duration::from_secs(1));
         assert_eq!((&*c.host, c.port), ("app", 80));
     }
 }
