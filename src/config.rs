@@ -69,6 +69,17 @@ pub struct RawConfig {
     /// Limits that protect the proxy and its clients from each other.
     #[serde(default)]
     pub limits: RawLimits,
+    /// How an https:// upstream's certificate is checked.
+    #[serde(default)]
+    pub upstream_tls: RawUpstreamTls,
+}
+
+/// `upstream_tls:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CA certificates to trust; null: the system's roots.
+    pub ca_file: Option<String>,
 }
 
 /// `limits:` section.
@@ -150,6 +161,7 @@ impl Default for RawConfig {
             trusted_proxies: Vec::new(),
             bypass: Vec::new(),
             limits: RawLimits::default(),
+            upstream_tls: RawUpstreamTls::default(),
         }
     }
 }
@@ -690,6 +702,8 @@ pub struct Config {
     pub upstream: Uri,
     /// The Unix socket the upstream listens on, for `unix:/path` upstreams.
     pub upstream_socket: Option<std::path::PathBuf>,
+    /// The TLS client for an https:// upstream, with its trusted roots loaded.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Cookie attributes.
     pub cookie: CookieConfig,
     /// Session rules.
@@ -786,6 +800,19 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
         };
         Ok(Cidr { net, prefix })
+    }
+}
+
+/// The TLS client configuration for an https:// upstream.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The rustls client configuration (roots, ALPN http/1.1).
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls").finish_non_exhaustive()
     }
 }
 
@@ -1110,6 +1137,23 @@ impl TryFrom<RawConfig> for Config {
             .as_deref()
             .and_then(|s| s.trim().strip_prefix("unix:"))
             .map(std::path::PathBuf::from);
+        let upstream_tls = match &upstream {
+            Some(u) if u.scheme_str() == Some("https") => {
+                match crate::tls::upstream_client(
+                    raw.upstream_tls
+                        .ca_file
+                        .as_deref()
+                        .map(std::path::Path::new),
+                ) {
+                    Ok(client) => Some(UpstreamTls { client }),
+                    Err(message) => {
+                        c.fail("upstream_tls.ca_file", message);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
 
         let cookie = validate_cookie(&raw.cookie, &mut c);
 
@@ -1305,6 +1349,7 @@ impl TryFrom<RawConfig> for Config {
                 listen,
                 upstream,
                 upstream_socket,
+                upstream_tls,
                 cookie,
                 session,
                 store,
@@ -1349,14 +1394,10 @@ fn parse_upstream(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https upstreams are not supported yet; use http://"
-            ));
-        }
+        Some("https") => {}
         Some(other) => {
             return Err(format!(
-                "{s:?}: scheme {other:?} is not supported; use http://"
+                "{s:?}: scheme {other:?} is not supported; use http://, https:// or unix:/path"
             ));
         }
         None => return Err(format!("{s:?} has no scheme; write http://{s}")),
@@ -1374,7 +1415,7 @@ fn parse_upstream(s: &str) -> Result<Uri, String> {
         ));
     }
     Uri::builder()
-        .scheme("http")
+        .scheme(uri.scheme_str().unwrap_or("http"))
         .authority(authority)
         .path_and_query("/")
         .build()

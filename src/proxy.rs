@@ -162,6 +162,7 @@ impl Proxy {
             upstream: Upstream::new(
                 &config.upstream,
                 config.upstream_socket.as_deref(),
+                config.upstream_tls.as_ref().map(|t| t.client.clone()),
                 config.timeouts,
             ),
             clock,

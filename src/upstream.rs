@@ -43,9 +43,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for `base` (scheme and authority, validated by config).
-    pub fn new(base: &Uri, socket: Option<&std::path::Path>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        base: &Uri,
+        socket: Option<&std::path::Path>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeouts: Timeouts,
+    ) -> Self {
         Self {
-            client: Client::new(base, socket, timeouts),
+            client: Client::new(base, socket, tls, timeouts),
         }
     }
 
@@ -104,7 +109,12 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    fn new(base: &Uri, socket: Option<&std::path::Path>, timeouts: Timeouts) -> Self {
+    fn new(
+        base: &Uri,
+        socket: Option<&std::path::Path>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeouts: Timeouts,
+    ) -> Self {
         let authority = base
             .authority()
             .cloned()
@@ -114,7 +124,7 @@ where
             .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1"));
         Self {
             pool: Arc::new(Pool::default()),
-            connector: Connector::new(authority, socket, timeouts.upstream_connect),
+            connector: Connector::new(authority, socket, timeouts.upstream_connect).with_tls(tls),
             host,
             response_timeout: timeouts.upstream_response,
         }
@@ -180,6 +190,11 @@ struct Connector {
     authority: Authority,
     /// A Unix socket to connect to instead of `host:port`.
     socket: Option<std::path::PathBuf>,
+    /// TLS for an https:// upstream, and the name its certificate must carry.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        Option<rustls::pki_types::ServerName<'static>>,
+    )>,
     timeout: Duration,
     http1: http1::Builder,
 }
@@ -192,13 +207,25 @@ impl Connector {
             .trim_end_matches(']');
         Self {
             host: host.into(),
-            // Config only accepts http:// upstreams.
             port: authority.port_u16().unwrap_or(80),
             authority,
             socket: socket.map(ToOwned::to_owned),
+            tls: None,
             timeout,
             http1: http1::Builder::new(),
         }
+    }
+
+    /// Speaks TLS to the upstream with `client` (port 443 unless given).
+    fn with_tls(mut self, client: Option<Arc<rustls::ClientConfig>>) -> Self {
+        if let Some(client) = client {
+            if self.authority.port_u16().is_none() {
+                self.port = 443;
+            }
+            let name = rustls::pki_types::ServerName::try_from(self.host.to_string()).ok();
+            self.tls = Some((client, name));
+        }
+        self
     }
 
     /// A new connection, its protocol task spawned on the current runtime
@@ -246,6 +273,27 @@ impl Connector {
         let keepalive = TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             debug!(error = %e, "cannot enable TCP keep-alive on the upstream connection");
+        }
+        if let Some((client, name)) = &self.tls {
+            let Some(name) = name.clone() else {
+                return Err(ProxyError::UpstreamUnreachable(format!(
+                    "{} is not a name a TLS certificate can carry",
+                    self.authority
+                )));
+            };
+            let handshake = tokio_rustls::TlsConnector::from(client.clone()).connect(name, stream);
+            let stream = match tokio::time::timeout(self.timeout, handshake).await {
+                Err(_) => return Err(ProxyError::UpstreamTimeout(self.timeout)),
+                Ok(Err(e)) => {
+                    return Err(ProxyError::UpstreamUnreachable(format!(
+                        "TLS with {}: {}",
+                        self.authority,
+                        chain(&e)
+                    )));
+                }
+                Ok(Ok(stream)) => stream,
+            };
+            return self.handshake(stream).await;
         }
         self.handshake(stream).await
     }
@@ -461,6 +509,7 @@ mod tests {
         let base: Uri = format!("http://{addr}").parse().unwrap();
         Client::new(
             &base,
+            None,
             None,
             Timeouts {
                 upstream_connect: Duration::from_secs(10),
@@ -680,7 +729,7 @@ mod tests {
             upstream_connect: Duration::from_secs(1),
             upstream_response: Duration::from_secs(1),
         };
-        let up = Upstream::new(&"http://app:8000/".parse().unwrap(), None, timeouts);
+        let up = Upstream::new(&"http://app:8000/".parse().unwrap(), None, None, timeouts);
         let uri = up
             .uri_for(&"http://client.example/a?b=1".parse().unwrap())
             .unwrap();

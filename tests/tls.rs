@@ -277,3 +277,77 @@ async fn connect_trusting(
         .await
         .ok()
 }
+
+/// An https upstream with `cert`, answering with whether it got a token.
+async fn https_upstream(cert: &Cert) -> u16 {
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert.dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(cert.dir.join("key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let token = req.headers().contains_key("x-session");
+                        let resp = http::Response::builder()
+                            .header("x-upstream-tls", "yes")
+                            .header("x-got-token", if token { "yes" } else { "no" })
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
+    let cert = Cert::generate("upstream");
+    let port = https_upstream(&cert).await;
+    let ca = path(&cert.dir.join("cert.pem"));
+    let h = Harness::with(|c| {
+        c.upstream = Some(format!("https://localhost:{port}"));
+        c.upstream_tls.ca_file = Some(ca);
+    })
+    .await;
+    let r = h.client.get("/").send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-upstream-tls"], "yes");
+    assert_eq!(r.headers["x-got-token"], "yes");
+
+    // The same upstream is refused when its certificate is not trusted.
+    let other = Cert::generate("other-ca");
+    let wrong_ca = path(&other.dir.join("cert.pem"));
+    let h = Harness::with(|c| {
+        c.upstream = Some(format!("https://localhost:{port}"));
+        c.upstream_tls.ca_file = Some(wrong_ca);
+    })
+    .await;
+    assert_eq!(
+        h.client.get("/").send().await.status,
+        StatusCode::BAD_GATEWAY
+    );
+}
