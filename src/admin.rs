@@ -1,6 +1,7 @@
 //! The admin listener, for operators and orchestrators only (never on the
 //! proxy's port): `/healthz` (the process is up), `/readyz` (the store and
-//! the upstream answer), `/metrics` (Prometheus text).
+//! the upstream answer), `/metrics` (Prometheus text), and
+//! `/.well-known/jwks.json` (the public keys of EdDSA/ES256 tokens).
 //!
 //! It runs on a thread and runtime of its own, so a probe is answered even
 //! when every worker is saturated: a liveness probe that queued behind
@@ -38,6 +39,8 @@ pub struct Admin {
     pub upstream: String,
     /// The upstream's Unix socket, connected to instead when set.
     pub upstream_socket: Option<std::path::PathBuf>,
+    /// The public keys apps verify tokens with (`{"keys":[]}` for HS256).
+    pub jwks: String,
 }
 
 impl Admin {
@@ -106,6 +109,20 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => self.ready().await,
+            "/.well-known/jwks.json" => {
+                let mut resp = text(StatusCode::OK, self.jwks.clone());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/jwk-set+json"),
+                );
+                // Apps may cache it briefly; a rotation publishes the new key
+                // before it signs (keys[1..] still verify).
+                resp.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("max-age=60"),
+                );
+                resp
+            }
             "/metrics" => {
                 let mut resp = text(StatusCode::OK, self.metrics.render());
                 resp.headers_mut().insert(

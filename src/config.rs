@@ -12,6 +12,8 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_yaml::Value;
 
+use crate::token::{Algorithm, TokenKey, UpdateKeys};
+
 /// The placeholder secret in `config.example.yaml`; refused so nobody ships it.
 pub const EXAMPLE_SECRET_PLACEHOLDER: &str = "CHANGE-ME-to-a-random-secret-of-at-least-32-bytes";
 
@@ -398,22 +400,79 @@ impl Default for RawMemoryStore {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSigning {
-    /// HMAC secret (required).
+    /// sessionward's secret: the HS256 token key, and with every algorithm
+    /// the cookie store's key (required unless HS256 `keys` are given).
     pub secret: Option<String>,
+    /// Token keys with ids, for rotation: the first signs, all verify.
+    pub keys: Option<Vec<RawSigningKey>>,
+    /// `HS256` (default), `EdDSA` or `ES256`.
+    pub algorithm: String,
+    /// PKCS#8 PEM private key file (EdDSA and ES256).
+    pub private_key: Option<String>,
+    /// `kid` of `private_key`; its JWK thumbprint when absent.
+    pub key_id: Option<String>,
+    /// Older secrets the cookie store still opens sessions with.
+    pub secret_fallbacks: Vec<String>,
+    /// Key of the `sid` claim, which must not change when keys rotate.
+    pub sid_secret: Option<String>,
     /// Seconds a token stays valid.
     #[serde(deserialize_with = "lenient")]
     pub token_ttl: i64,
+    /// Apply update headers only with a valid `P-signature`.
+    #[serde(deserialize_with = "lenient")]
+    pub require_signed_updates: bool,
+    /// HMAC key of `P-signature` (required for EdDSA and ES256).
+    pub update_secret: Option<String>,
+}
+
+/// One entry of `signing.keys`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    /// Sent as the token header's `kid`.
+    pub id: Option<String>,
+    /// HS256 secret.
+    pub secret: Option<String>,
+    /// EdDSA or ES256 PKCS#8 PEM private key file.
+    pub private_key: Option<String>,
+}
+
+/// How a secret appears in `Debug` output: its length only.
+fn redacted(secret: &str) -> String {
+    format!("<{} bytes redacted>", secret.len())
 }
 
 impl fmt::Debug for RawSigning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = self
-            .secret
-            .as_ref()
-            .map(|s| format!("<{} bytes redacted>", s.len()));
+        let opt = |s: &Option<String>| s.as_deref().map(redacted);
         f.debug_struct("RawSigning")
-            .field("secret", &secret)
+            .field("secret", &opt(&self.secret))
+            .field("keys", &self.keys)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &self.private_key)
+            .field("key_id", &self.key_id)
+            .field(
+                "secret_fallbacks",
+                &self
+                    .secret_fallbacks
+                    .iter()
+                    .map(|s| redacted(s))
+                    .collect::<Vec<_>>(),
+            )
+            .field("sid_secret", &opt(&self.sid_secret))
             .field("token_ttl", &self.token_ttl)
+            .field("require_signed_updates", &self.require_signed_updates)
+            .field("update_secret", &opt(&self.update_secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for RawSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSigningKey")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_deref().map(redacted))
+            .field("private_key", &self.private_key)
             .finish()
     }
 }
@@ -422,7 +481,15 @@ impl Default for RawSigning {
     fn default() -> Self {
         Self {
             secret: None,
+            keys: None,
+            algorithm: "HS256".into(),
+            private_key: None,
+            key_id: None,
+            secret_fallbacks: Vec::new(),
+            sid_secret: None,
             token_ttl: 60,
+            require_signed_updates: false,
+            update_secret: None,
         }
     }
 }
@@ -677,10 +744,37 @@ pub struct StoreCacheConfig {
 /// Validated signing settings.
 #[derive(Debug, Clone)]
 pub struct SigningConfig {
-    /// HMAC-SHA256 key.
+    /// sessionward's secret: seals the cookie store; with HS256 it is also
+    /// the signing token key (`signing.secret`, or the first of `signing.keys`).
     pub secret: Secret,
     /// Token lifetime in seconds.
     pub token_ttl: u64,
+    /// The token algorithm.
+    pub algorithm: Algorithm,
+    /// Token keys: the first signs; all verify (HS256) or are published (JWKS).
+    pub keys: Vec<TokenKey>,
+    /// Secrets the cookie store opens with but never seals with: the other
+    /// HS256 keys, then `signing.secret_fallbacks`.
+    pub secret_fallbacks: Vec<Secret>,
+    /// Key of the `sid` claim: `signing.sid_secret`, else `signing.secret`.
+    pub sid_secret: Secret,
+    /// Refuse update headers without a valid `P-signature`.
+    pub require_signed_updates: bool,
+    /// Key of `P-signature`, when set apart from the token keys.
+    pub update_secret: Option<Secret>,
+    /// The HS256 token secrets, in order (empty for EdDSA and ES256).
+    pub hmac_secrets: Vec<Secret>,
+}
+
+impl SigningConfig {
+    /// The keys a `P-signature` is accepted under: `update_secret` when
+    /// set, else any HS256 token secret (the app holds those already).
+    pub fn update_keys(&self) -> UpdateKeys {
+        match &self.update_secret {
+            Some(s) => UpdateKeys::new([s]),
+            None => UpdateKeys::new(&self.hmac_secrets),
+        }
+    }
 }
 
 /// Validated upstream timeouts.
@@ -1192,34 +1286,7 @@ impl TryFrom<RawConfig> for Config {
             }
         });
 
-        let secret = match raw.signing.secret.as_deref() {
-            None => {
-                c.fail(
-                    "signing.secret",
-                    format!("is required: at least {MIN_SECRET_BYTES} random bytes, for example from `openssl rand -base64 48`"),
-                );
-                Secret::new(Vec::new())
-            }
-            Some(s) if s == EXAMPLE_SECRET_PLACEHOLDER => {
-                c.fail(
-                    "signing.secret",
-                    "is the example's placeholder; set SESSIONWARD_SECRET to a random value of your own",
-                );
-                Secret::new(Vec::new())
-            }
-            Some(s) if s.len() < MIN_SECRET_BYTES => {
-                c.fail(
-                    "signing.secret",
-                    format!(
-                        "is {} bytes; at least {MIN_SECRET_BYTES} are required",
-                        s.len()
-                    ),
-                );
-                Secret::new(Vec::new())
-            }
-            Some(s) => Secret::new(s.as_bytes()),
-        };
-        let token_ttl = c.positive("signing.token_ttl", raw.signing.token_ttl);
+        let signing = validate_signing(&raw.signing, &mut c);
 
         let prefix = raw.headers.prefix.trim().to_ascii_lowercase();
         if prefix.is_empty() || http::HeaderName::from_bytes(prefix.as_bytes()).is_err() {
@@ -1354,7 +1421,7 @@ impl TryFrom<RawConfig> for Config {
                 session,
                 store,
                 store_cache,
-                signing: SigningConfig { secret, token_ttl },
+                signing,
                 header_prefix: prefix,
                 timeouts,
                 shutdown_grace,
@@ -1483,6 +1550,252 @@ fn validate_store(raw: &RawStore, c: &mut Checker) -> StoreConfig {
             );
             StoreConfig::Memory { max_sessions: 1 }
         }
+    }
+}
+
+/// What a secret may be: set, not the example's placeholder, long enough.
+fn check_secret(c: &mut Checker, path: &str, value: &str) -> Secret {
+    if value == EXAMPLE_SECRET_PLACEHOLDER {
+        c.fail(
+            path,
+            "is the example's placeholder; set SESSIONWARD_SECRET to a random value of your own",
+        );
+    } else if value.len() < MIN_SECRET_BYTES {
+        c.fail(
+            path,
+            format!(
+                "is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                value.len()
+            ),
+        );
+    } else {
+        return Secret::new(value.as_bytes());
+    }
+    Secret::new(Vec::new())
+}
+
+/// A `kid`: short, and plain enough to paste into any JWKS tool.
+fn check_key_id(c: &mut Checker, path: &str, id: &str) {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if !ok {
+        c.fail(
+            path,
+            format!("{id:?} is not a key id: 1 to 64 letters, digits, '-', '_', '.' or ':'"),
+        );
+    }
+}
+
+fn validate_signing(raw: &RawSigning, c: &mut Checker) -> SigningConfig {
+    let algorithm = Algorithm::parse(&raw.algorithm).unwrap_or_else(|| {
+        c.fail(
+            "signing.algorithm",
+            format!("{:?} is not HS256, EdDSA or ES256", raw.algorithm),
+        );
+        Algorithm::Hs256
+    });
+    let required = || {
+        format!(
+            "is required: at least {MIN_SECRET_BYTES} random bytes, for example from `openssl rand -base64 48`"
+        )
+    };
+    let mut ids: Vec<String> = Vec::new();
+    let mut key_id = |c: &mut Checker, path: String, id: Option<&str>| -> Option<String> {
+        let Some(id) = id.map(str::trim) else {
+            c.fail(&path, "is required: the key's kid, for example 2025-06");
+            return None;
+        };
+        check_key_id(c, &path, id);
+        if ids.iter().any(|known| known == id) {
+            c.fail(&path, format!("{id:?} is already the id of another key"));
+        }
+        ids.push(id.to_string());
+        Some(id.to_string())
+    };
+
+    let mut keys = Vec::new();
+    let mut hmac_secrets = Vec::new();
+    let secret = if algorithm == Algorithm::Hs256 {
+        for (field, set) in [
+            ("signing.private_key", raw.private_key.is_some()),
+            ("signing.key_id", raw.key_id.is_some()),
+        ] {
+            if set {
+                c.fail(field, "applies to algorithm EdDSA or ES256 only; HS256 signs with signing.secret or signing.keys");
+            }
+        }
+        match (&raw.secret, &raw.keys) {
+            (Some(_), Some(_)) => c.fail(
+                "signing.keys",
+                "cannot be used together with signing.secret: give one secret, or a list of keys whose first signs",
+            ),
+            (None, None) => c.fail("signing.secret", required()),
+            (Some(s), None) => {
+                let s = check_secret(c, "signing.secret", s);
+                keys.push(TokenKey::hmac(None, &s));
+                hmac_secrets.push(s);
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    c.fail("signing.keys", "is empty: list at least one {id, secret}");
+                }
+                for (i, k) in list.iter().enumerate() {
+                    let id = key_id(c, format!("signing.keys[{i}].id"), k.id.as_deref());
+                    if k.private_key.is_some() {
+                        c.fail(
+                            &format!("signing.keys[{i}].private_key"),
+                            "HS256 keys are secrets; private keys need signing.algorithm EdDSA or ES256",
+                        );
+                    }
+                    let path = format!("signing.keys[{i}].secret");
+                    let Some(s) = &k.secret else {
+                        if k.private_key.is_none() {
+                            c.fail(&path, required());
+                        }
+                        continue;
+                    };
+                    let s = check_secret(c, &path, s);
+                    keys.push(TokenKey::hmac(id.as_deref(), &s));
+                    hmac_secrets.push(s);
+                }
+            }
+        }
+        hmac_secrets
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Secret::new(Vec::new()))
+    } else {
+        let load = |c: &mut Checker, path: &str, id: Option<&str>, file: &str| match TokenKey::load(
+            algorithm,
+            id,
+            Path::new(file.trim()),
+        ) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                c.fail(path, e.to_string());
+                None
+            }
+        };
+        match (&raw.private_key, &raw.keys) {
+            (Some(_), Some(_)) => c.fail(
+                "signing.keys",
+                "cannot be used together with signing.private_key: give one key file, or a list of keys whose first signs",
+            ),
+            (None, None) => c.fail(
+                "signing.private_key",
+                format!(
+                    "is required with algorithm {}: a PKCS#8 PEM file, for example {}",
+                    algorithm.name(),
+                    match algorithm {
+                        Algorithm::EdDsa => "from `openssl genpkey -algorithm ed25519 -out signing.pem`",
+                        _ => "from `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out signing.pem`",
+                    }
+                ),
+            ),
+            (Some(file), None) => {
+                let id = raw.key_id.as_deref().map(str::trim);
+                if let Some(id) = id {
+                    check_key_id(c, "signing.key_id", id);
+                }
+                keys.extend(load(c, "signing.private_key", id, file));
+            }
+            (None, Some(list)) => {
+                if raw.key_id.is_some() {
+                    c.fail(
+                        "signing.key_id",
+                        "goes with signing.private_key; each of signing.keys has its own id",
+                    );
+                }
+                if list.is_empty() {
+                    c.fail("signing.keys", "is empty: list at least one {id, private_key}");
+                }
+                for (i, k) in list.iter().enumerate() {
+                    let id = key_id(c, format!("signing.keys[{i}].id"), k.id.as_deref());
+                    if k.secret.is_some() {
+                        c.fail(
+                            &format!("signing.keys[{i}].secret"),
+                            format!("{} keys are private key files (private_key); secrets are for HS256", algorithm.name()),
+                        );
+                    }
+                    let path = format!("signing.keys[{i}].private_key");
+                    match &k.private_key {
+                        Some(file) => keys.extend(load(c, &path, id.as_deref(), file)),
+                        // Already told that the secret does not belong here.
+                        None if k.secret.is_some() => {}
+                        None => c.fail(&path, "is required: a PKCS#8 PEM file"),
+                    }
+                }
+            }
+        }
+        match &raw.secret {
+            Some(s) => check_secret(c, "signing.secret", s),
+            None => {
+                c.fail(
+                    "signing.secret",
+                    format!("{}; with {} it stays with sessionward (it derives sid and seals the cookie store) and is never given to the app", required(), algorithm.name()),
+                );
+                Secret::new(Vec::new())
+            }
+        }
+    };
+
+    let mut secret_fallbacks: Vec<Secret> = hmac_secrets.iter().skip(1).cloned().collect();
+    for (i, s) in raw.secret_fallbacks.iter().enumerate() {
+        secret_fallbacks.push(check_secret(
+            c,
+            &format!("signing.secret_fallbacks[{i}]"),
+            s,
+        ));
+    }
+
+    let rotating =
+        (algorithm == Algorithm::Hs256 && raw.keys.is_some()) || !raw.secret_fallbacks.is_empty();
+    let sid_secret = match &raw.sid_secret {
+        Some(s) => check_secret(c, "signing.sid_secret", s),
+        None if rotating => {
+            c.fail(
+                "signing.sid_secret",
+                "is required with signing.keys or signing.secret_fallbacks, so that sid does not change when the secret rotates: set it to the secret used so far to keep today's sids, or to a new random value of at least 32 bytes; it never needs to change",
+            );
+            Secret::new(Vec::new())
+        }
+        None => secret.clone(),
+    };
+
+    let update_secret = raw
+        .update_secret
+        .as_deref()
+        .map(|s| check_secret(c, "signing.update_secret", s));
+    if algorithm.is_public_key() {
+        if raw.require_signed_updates && update_secret.is_none() {
+            c.fail(
+                "signing.update_secret",
+                format!("is required with signing.require_signed_updates and algorithm {}: the app signs its updates with it, as it holds no other secret", algorithm.name()),
+            );
+        }
+        if let Some(u) = &update_secret
+            && !u.expose().is_empty()
+            && (*u == secret || secret_fallbacks.contains(u) || *u == sid_secret)
+        {
+            c.fail(
+                "signing.update_secret",
+                "must differ from signing.secret, signing.secret_fallbacks and signing.sid_secret: the app gets update_secret, and those stay with sessionward",
+            );
+        }
+    }
+
+    SigningConfig {
+        secret,
+        token_ttl: c.positive("signing.token_ttl", raw.token_ttl),
+        algorithm,
+        keys,
+        secret_fallbacks,
+        sid_secret,
+        require_signed_updates: raw.require_signed_updates,
+        update_secret,
+        hmac_secrets,
     }
 }
 
@@ -1804,6 +2117,243 @@ mod tests {
         assert!(!format!("{raw:?}").contains("0123"), "{raw:?}");
         let config = Config::try_from(raw).unwrap();
         assert!(!format!("{config:?}").contains("0123"));
+    }
+
+    /// A PEM key file for `alg` in a fresh temporary directory, removed on drop.
+    struct KeyFile(std::path::PathBuf);
+
+    impl KeyFile {
+        fn display(&self) -> std::path::Display<'_> {
+            self.0.display()
+        }
+    }
+
+    impl Drop for KeyFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn key_file(alg: Algorithm, name: &str) -> KeyFile {
+        let dir =
+            std::env::temp_dir().join(format!("sessionward-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key.pem");
+        std::fs::write(&path, crate::token::tests::generated_pem(alg)).unwrap();
+        KeyFile(path)
+    }
+
+    fn signing(yaml: &str) -> Result<SigningConfig, Vec<(String, String)>> {
+        let doc = format!("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nsigning:\n{yaml}");
+        Config::from_yaml(&doc, &env(&[]))
+            .map(|c| c.signing)
+            .map_err(|e| {
+                e.problems()
+                    .iter()
+                    .map(|p| (p.path.clone(), p.message.clone()))
+                    .collect()
+            })
+    }
+
+    fn problem_paths(yaml: &str) -> Vec<String> {
+        signing(yaml)
+            .unwrap_err()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    const OTHER: &str = "fedcba9876543210fedcba9876543210";
+    const SID: &str = "sid-secret-0123456789abcdef0123456789";
+
+    #[test]
+    fn single_secret_is_hs256_without_kid_and_keys_sid() {
+        let s = signing(&format!("  secret: {SECRET}\n")).unwrap();
+        assert_eq!(s.algorithm, Algorithm::Hs256);
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.keys[0].id(), None);
+        assert_eq!(s.sid_secret, s.secret);
+        assert!(s.secret_fallbacks.is_empty() && !s.require_signed_updates);
+        assert_eq!(s.hmac_secrets, vec![Secret::new(SECRET)]);
+    }
+
+    #[test]
+    fn keys_rotate_with_the_first_signing_and_the_rest_opening_cookies() {
+        let s = signing(&format!(
+            "  keys:\n    - id: new\n      secret: {OTHER}\n    - id: old\n      secret: {SECRET}\n  secret_fallbacks: [\"{}\"]\n  sid_secret: {SID}\n",
+            "x".repeat(32)
+        ))
+        .unwrap();
+        let ids: Vec<_> = s.keys.iter().map(|k| k.id()).collect();
+        assert_eq!(ids, vec![Some("new"), Some("old")]);
+        assert_eq!(s.secret, Secret::new(OTHER), "the first key seals cookies");
+        assert_eq!(
+            s.secret_fallbacks,
+            vec![Secret::new(SECRET), Secret::new("x".repeat(32))]
+        );
+        assert_eq!(s.sid_secret, Secret::new(SID));
+    }
+
+    #[test]
+    fn key_list_mistakes_are_named_by_path() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "  keys:\n    - id: {a}\n      secret: {OTHER}\n    - id: {b}\n      secret: {SECRET}\n  sid_secret: {SID}\n"
+            )
+        };
+        assert_eq!(problem_paths(&two("k1", "k1")), vec!["signing.keys[1].id"]);
+        assert_eq!(
+            problem_paths(&two("k1", "\"has space\"")),
+            vec!["signing.keys[1].id"]
+        );
+        assert_eq!(
+            problem_paths(&format!("  secret: {SECRET}\n{}", two("a", "b"))),
+            vec!["signing.keys"],
+            "secret and keys together"
+        );
+        assert_eq!(
+            problem_paths(&format!(
+                "  keys:\n    - id: a\n      secret: short\n  sid_secret: {SID}\n"
+            )),
+            vec!["signing.keys[0].secret"]
+        );
+        assert_eq!(
+            problem_paths(&format!(
+                "  keys:\n    - secret: {SECRET}\n  sid_secret: {SID}\n"
+            )),
+            vec!["signing.keys[0].id"]
+        );
+        assert_eq!(
+            problem_paths(
+                "  keys: []\n  sid_secret: {SID}\n"
+                    .replace("{SID}", SID)
+                    .as_str()
+            ),
+            vec!["signing.keys"]
+        );
+        let no_sid = two("a", "b").replace(&format!("  sid_secret: {SID}\n"), "");
+        let err = signing(&no_sid).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].0, "signing.sid_secret");
+        assert!(err[0].1.contains("keep today's sids"), "{}", err[0].1);
+        assert_eq!(
+            problem_paths(&format!(
+                "  secret: {SECRET}\n  secret_fallbacks: [short]\n  sid_secret: {SID}\n"
+            )),
+            vec!["signing.secret_fallbacks[0]"]
+        );
+        assert_eq!(
+            problem_paths(&format!(
+                "  secret: {SECRET}\n  secret_fallbacks: [{OTHER}]\n"
+            )),
+            vec!["signing.sid_secret"],
+            "fallbacks rotate the secret, so sid needs its own"
+        );
+        assert_eq!(
+            problem_paths(&format!(
+                "  secret: {SECRET}\n  private_key: k.pem\n  key_id: x\n"
+            )),
+            vec!["signing.private_key", "signing.key_id"]
+        );
+        assert_eq!(
+            problem_paths(&format!("  secret: {SECRET}\n  algorithm: RS256\n")),
+            vec!["signing.algorithm"]
+        );
+    }
+
+    #[test]
+    fn public_key_algorithms_load_their_key_file() {
+        for (alg, name) in [(Algorithm::EdDsa, "EdDSA"), (Algorithm::Es256, "es256")] {
+            let file = key_file(alg, name);
+            let s = signing(&format!(
+                "  algorithm: {name}\n  private_key: {}\n  key_id: main-1\n  secret: {SECRET}\n  require_signed_updates: true\n  update_secret: {OTHER}\n",
+                file.display()
+            ))
+            .unwrap();
+            assert_eq!(s.algorithm, alg);
+            assert_eq!(s.keys[0].id(), Some("main-1"));
+            assert_eq!(s.keys[0].algorithm(), alg);
+            assert!(s.hmac_secrets.is_empty());
+            assert_eq!(s.update_secret, Some(Secret::new(OTHER)));
+            assert_eq!(s.sid_secret, Secret::new(SECRET));
+            let without_id = signing(&format!(
+                "  algorithm: {name}\n  private_key: {}\n  secret: {SECRET}\n",
+                file.display()
+            ))
+            .unwrap();
+            assert_eq!(
+                without_id.keys[0].id().map(str::len),
+                Some(43),
+                "thumbprint kid"
+            );
+        }
+    }
+
+    #[test]
+    fn public_key_mistakes_are_named_by_path() {
+        let ed = key_file(Algorithm::EdDsa, "mistakes");
+        let ed = ed.display();
+        let one = |yaml: String| {
+            let err = signing(&yaml).unwrap_err();
+            assert_eq!(err.len(), 1, "{err:?}");
+            err.into_iter().next().unwrap()
+        };
+        let (path, msg) = one(format!(
+            "  algorithm: ES256\n  private_key: {ed}\n  secret: {SECRET}\n"
+        ));
+        assert_eq!(path, "signing.private_key");
+        assert!(msg.contains("set signing.algorithm to EdDSA"), "{msg}");
+        let (path, msg) = one(format!(
+            "  algorithm: EdDSA\n  private_key: /nonexistent/k.pem\n  secret: {SECRET}\n"
+        ));
+        assert_eq!(path, "signing.private_key");
+        assert!(msg.contains("cannot read /nonexistent/k.pem"), "{msg}");
+        let (path, msg) = one(format!("  algorithm: EdDSA\n  secret: {SECRET}\n"));
+        assert_eq!(path, "signing.private_key");
+        assert!(msg.contains("openssl genpkey -algorithm ed25519"), "{msg}");
+        let (path, msg) = one(format!("  algorithm: EdDSA\n  private_key: {ed}\n"));
+        assert_eq!(path, "signing.secret");
+        assert!(msg.contains("never given to the app"), "{msg}");
+        let (path, _) = one(format!(
+            "  algorithm: EdDSA\n  private_key: {ed}\n  secret: {SECRET}\n  require_signed_updates: true\n"
+        ));
+        assert_eq!(path, "signing.update_secret");
+        let (path, msg) = one(format!(
+            "  algorithm: EdDSA\n  private_key: {ed}\n  secret: {SECRET}\n  update_secret: {SECRET}\n"
+        ));
+        assert_eq!(path, "signing.update_secret");
+        assert!(msg.contains("must differ"), "{msg}");
+        let (path, _) = one(format!(
+            "  algorithm: EdDSA\n  private_key: {ed}\n  secret: {SECRET}\n  keys:\n    - id: a\n      private_key: {ed}\n"
+        ));
+        assert_eq!(path, "signing.keys");
+        let (path, _) = one(format!(
+            "  algorithm: EdDSA\n  secret: {SECRET}\n  keys:\n    - id: a\n      secret: {OTHER}\n"
+        ));
+        assert_eq!(path, "signing.keys[0].secret");
+        let s = signing(&format!(
+            "  algorithm: EdDSA\n  secret: {SECRET}\n  keys:\n    - id: next\n      private_key: {ed}\n    - id: prev\n      private_key: {ed}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.keys.len(),
+            2,
+            "private key lists need no sid_secret: the secret does not rotate"
+        );
+    }
+
+    #[test]
+    fn every_signing_secret_is_redacted() {
+        let yaml = format!(
+            "  keys:\n    - id: a\n      secret: {SECRET}\n  secret_fallbacks: [{SECRET}]\n  sid_secret: {SECRET}\n  update_secret: {SECRET}\n"
+        );
+        let doc = format!("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nsigning:\n{yaml}");
+        let raw = RawConfig::from_yaml(&doc, &env(&[])).unwrap();
+        assert!(!format!("{raw:?}").contains("0123"), "{raw:?}");
+        let config = Config::try_from(raw).unwrap();
+        assert!(!format!("{config:?}").contains("0123"), "{config:?}");
     }
 
     impl ConfigError {

@@ -63,13 +63,10 @@ pub fn build_store(
             clock,
             idle,
         )),
-        StoreConfig::Cookie(c) => Arc::new(CookieStore::new(
-            c,
-            &config.cookie.name,
-            &config.signing.secret,
-            idle,
-            clock,
-        )),
+        StoreConfig::Cookie(c) => Arc::new(
+            CookieStore::new(c, &config.cookie.name, &config.signing.secret, idle, clock)
+                .with_fallbacks(&config.signing.secret_fallbacks),
+        ),
     })
 }
 

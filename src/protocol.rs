@@ -1,11 +1,17 @@
 //! The header protocol between sessionward and the upstream: names derived
-//! from the prefix, stripping, and parsing of the update headers.
+//! from the prefix, stripping, parsing of the update headers, and the check
+//! of their signature (`P-signature`) when updates must be signed.
 
 use http::header::{HeaderMap, HeaderName, InvalidHeaderName};
 use serde_json::Value;
 use tracing::warn;
 
 use crate::session::{Action, Changes, Expiry, json_kind};
+use crate::token::UpdateKeys;
+
+/// First line of the byte string an update signature covers: names the
+/// format, so a signature made for anything else never matches.
+pub const UPDATE_SIGNATURE_CONTEXT: &str = "sessionward-update-v1";
 
 /// The protocol's header names for one prefix `P`.
 #[derive(Debug, Clone)]
@@ -21,6 +27,8 @@ pub struct HeaderNames {
     pub update: HeaderName,
     /// `P-subject`: who the session belongs to.
     pub subject: HeaderName,
+    /// `P-signature`: HMAC of the update headers, with `signing.require_signed_updates`.
+    pub signature: HeaderName,
 }
 
 impl HeaderNames {
@@ -34,6 +42,7 @@ impl HeaderNames {
             expiry: name("-expiry")?,
             update: name("-update")?,
             subject: name("-subject")?,
+            signature: name("-signature")?,
             prefix: prefix.into_boxed_str(),
         })
     }
@@ -116,6 +125,21 @@ pub enum ProtocolError {
         /// How many times.
         count: usize,
     },
+
+    /// Update headers came without `P-signature` while updates must be signed.
+    #[error("update headers without {header} (signing.require_signed_updates is on)")]
+    Unsigned {
+        /// Name of the signature header.
+        header: String,
+    },
+    /// `P-signature` is not the HMAC of these update headers for this request.
+    #[error(
+        "{header}: does not match the update headers (wrong key, another request's jti, not 64 hex digits, or headers changed on the way)"
+    )]
+    BadSignature {
+        /// Name of the signature header.
+        header: String,
+    },
 }
 
 /// Longest subject accepted: a user id or an email, not a document.
@@ -152,6 +176,7 @@ pub fn take_changes(
             &names.expiry,
             &names.update,
             &names.subject,
+            &names.signature,
         ];
         if !known.contains(&name) {
             warn!(header = %name, "unknown session header from upstream ignored");
@@ -159,6 +184,84 @@ pub fn take_changes(
     }
     strip_prefixed(headers, names);
     parsed
+}
+
+/// The byte string an update signature covers, `None` when the response
+/// has no update header (nothing to sign). Lines joined by `\n`, no final
+/// newline: [`UPDATE_SIGNATURE_CONTEXT`], the request token's `jti`, then
+/// `action:V`, `expiry:V`, `subject:V` for each such header and `update:V`
+/// for each `P-update` in order, V being the value as received with spaces
+/// and tabs around it removed. Labels, not header names, so the prefix does
+/// not matter; every line is labelled, so an empty subject (clear it) and
+/// no subject (keep it) sign differently.
+pub fn update_signing_input(
+    headers: &HeaderMap,
+    names: &HeaderNames,
+    jti: &str,
+) -> Option<Vec<u8>> {
+    let fields = [
+        ("action", &names.action),
+        ("expiry", &names.expiry),
+        ("subject", &names.subject),
+        ("update", &names.update),
+    ];
+    if !fields.iter().any(|(_, name)| headers.contains_key(*name)) {
+        return None;
+    }
+    let mut input = Vec::with_capacity(64 + jti.len());
+    input.extend_from_slice(UPDATE_SIGNATURE_CONTEXT.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(jti.as_bytes());
+    for (label, name) in fields {
+        for value in headers.get_all(name) {
+            input.push(b'\n');
+            input.extend_from_slice(label.as_bytes());
+            input.push(b':');
+            input.extend_from_slice(value.as_bytes().trim_ascii());
+        }
+    }
+    Some(input)
+}
+
+/// Checks `P-signature` (64 hex digits, any case) against the update
+/// headers and `jti` under any of `keys`. Responses without update headers
+/// pass whatever they carry. Strips nothing: the caller does, either way.
+pub fn check_update_signature(
+    headers: &HeaderMap,
+    names: &HeaderNames,
+    jti: &str,
+    keys: &UpdateKeys,
+) -> Result<(), ProtocolError> {
+    let Some(input) = update_signing_input(headers, names, jti) else {
+        return Ok(());
+    };
+    let bad = || ProtocolError::BadSignature {
+        header: names.signature.to_string(),
+    };
+    let signature = single(headers, &names.signature)?.ok_or_else(|| ProtocolError::Unsigned {
+        header: names.signature.to_string(),
+    })?;
+    let tag = decode_hex(signature.trim()).ok_or_else(bad)?;
+    if keys.verify(&input, &tag) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// 32 bytes from 64 hex digits, `None` for anything else.
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        *byte = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
 }
 
 fn parse_changes(headers: &HeaderMap, names: &HeaderNames) -> Result<Changes, ProtocolError> {
@@ -374,6 +477,139 @@ pub(crate) mod tests {
             take_changes(&mut h, &names()),
             Err(ProtocolError::NotText { .. })
         ));
+    }
+
+    const VECTOR_KEY: &str = "test-vector-update-secret-0123456789abcdef";
+    const VECTOR_JTI: &str = "q2mIw6mWf0rS1m2Sy1j8Yg";
+    const VECTOR_SIGNATURE: &str =
+        "ec51710823bf118649987b573e2000ae380a7008d6314b21d86acfa17c6ee463";
+
+    fn vector_headers() -> HeaderMap {
+        map(&[
+            ("x-session-update", r#"{"user_id":42}"#),
+            ("x-session-subject", "user:42"),
+            ("x-session-action", "cycle"),
+            ("x-session-update", r#"{"flash":"Welcome"}"#),
+        ])
+    }
+
+    fn vector_keys() -> UpdateKeys {
+        UpdateKeys::new([&crate::config::Secret::new(VECTOR_KEY)])
+    }
+
+    /// The test vector of docs/protocol.md, section 4.7.
+    #[test]
+    fn update_signature_test_vector() {
+        let h = vector_headers();
+        let input = update_signing_input(&h, &names(), VECTOR_JTI).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&input).unwrap(),
+            "sessionward-update-v1\nq2mIw6mWf0rS1m2Sy1j8Yg\naction:cycle\nsubject:user:42\n\
+             update:{\"user_id\":42}\nupdate:{\"flash\":\"Welcome\"}"
+        );
+        assert_eq!(vector_keys().sign_hex(&input), VECTOR_SIGNATURE);
+        let mut h = vector_headers();
+        h.insert(
+            "x-session-signature",
+            HeaderValue::from_static(VECTOR_SIGNATURE),
+        );
+        check_update_signature(&h, &names(), VECTOR_JTI, &vector_keys()).unwrap();
+        let upper = VECTOR_SIGNATURE.to_ascii_uppercase();
+        h.insert(
+            "x-session-signature",
+            HeaderValue::from_str(&upper).unwrap(),
+        );
+        check_update_signature(&h, &names(), VECTOR_JTI, &vector_keys()).unwrap();
+    }
+
+    #[test]
+    fn update_signature_refuses_what_it_does_not_cover() {
+        let n = names();
+        let signed = |pairs: &[(&str, &str)]| {
+            let mut h = map(pairs);
+            h.insert(
+                "x-session-signature",
+                HeaderValue::from_static(VECTOR_SIGNATURE),
+            );
+            check_update_signature(&h, &n, VECTOR_JTI, &vector_keys())
+        };
+        let bad =
+            |r: Result<(), ProtocolError>| matches!(r, Err(ProtocolError::BadSignature { .. }));
+        // Another jti: the signature was made for another request.
+        let mut h = vector_headers();
+        h.insert(
+            "x-session-signature",
+            HeaderValue::from_static(VECTOR_SIGNATURE),
+        );
+        assert!(bad(check_update_signature(
+            &h,
+            &n,
+            "AAAAAAAAAAAAAAAAAAAAAA",
+            &vector_keys()
+        )));
+        // Patches reordered, one dropped, one added, a subject added.
+        let cycle = ("x-session-action", "cycle");
+        let sub = ("x-session-subject", "user:42");
+        let (u1, u2) = (
+            ("x-session-update", r#"{"user_id":42}"#),
+            ("x-session-update", r#"{"flash":"Welcome"}"#),
+        );
+        assert!(bad(signed(&[cycle, sub, u2, u1])));
+        assert!(bad(signed(&[cycle, sub, u1])));
+        assert!(bad(signed(&[
+            cycle,
+            sub,
+            u1,
+            u2,
+            ("x-session-expiry", "0")
+        ])));
+        assert!(bad(signed(&[cycle, ("x-session-subject", ""), u1, u2])));
+        assert!(
+            signed(&[u1, sub, u2, cycle]).is_ok(),
+            "order across kinds does not matter"
+        );
+        // Missing, repeated and malformed signatures.
+        let missing = check_update_signature(&vector_headers(), &n, VECTOR_JTI, &vector_keys());
+        assert!(
+            matches!(missing, Err(ProtocolError::Unsigned { .. })),
+            "{missing:?}"
+        );
+        let mut h = vector_headers();
+        h.append(
+            "x-session-signature",
+            HeaderValue::from_static(VECTOR_SIGNATURE),
+        );
+        h.append(
+            "x-session-signature",
+            HeaderValue::from_static(VECTOR_SIGNATURE),
+        );
+        assert!(matches!(
+            check_update_signature(&h, &n, VECTOR_JTI, &vector_keys()),
+            Err(ProtocolError::Repeated { count: 2, .. })
+        ));
+        for wrong in [
+            "",
+            "zz",
+            &VECTOR_SIGNATURE[..62],
+            &format!("{VECTOR_SIGNATURE}00"),
+        ] {
+            let mut h = vector_headers();
+            h.insert("x-session-signature", HeaderValue::from_str(wrong).unwrap());
+            assert!(
+                bad(check_update_signature(&h, &n, VECTOR_JTI, &vector_keys())),
+                "{wrong}"
+            );
+        }
+        // No update header: nothing to sign, nothing required.
+        let h = map(&[("x-session-unknown", "1"), ("content-type", "text/plain")]);
+        assert!(check_update_signature(&h, &n, VECTOR_JTI, &vector_keys()).is_ok());
+    }
+
+    #[test]
+    fn signature_header_is_known_and_stripped() {
+        let mut h = map(&[("x-session-signature", "00"), ("x-keep", "1")]);
+        assert_eq!(take_changes(&mut h, &names()).unwrap(), Changes::default());
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::protocol::{self, HeaderNames};
 use crate::session::{
     self, Action, ApplyError, Changes, Loaded, Next, Policy, Record, SessionStore, Updated,
 };
-use crate::token::{Claims, Signer};
+use crate::token::{Claims, Issued, Jti, Signer};
 use crate::upstream::Upstream;
 
 /// Body of every response sessionward sends: the upstream's, streamed, or its own.
@@ -157,7 +157,7 @@ impl Proxy {
             },
             save_every_request: config.session.save_every_request,
             idle_timeout: config.session.idle_timeout,
-            signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
+            signer: Signer::from_config(&config.signing),
             store,
             upstream: Upstream::new(
                 &config.upstream,
@@ -235,7 +235,7 @@ impl Proxy {
             return self.pass_through(req, &peer).await;
         }
         let session = self.resolve_session(cookie).await?;
-        self.build_upstream_request(&mut req, &session, &peer, now)?;
+        let jti = self.build_upstream_request(&mut req, &session, &peer, now)?;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let names = self.names.clone();
@@ -250,6 +250,7 @@ impl Proxy {
             resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
         strip_hop_by_hop(resp.headers_mut(), switching);
         let status = resp.status();
+        self.check_update_signature(resp.headers_mut(), status, &jti)?;
         let changes = take_update_headers(resp.headers_mut(), &self.names, status)?;
         let change = self.apply_changes(&session, &changes, status, now).await?;
         self.set_cookie(resp.headers_mut(), change, session.cookies_sent, now);
@@ -287,27 +288,28 @@ impl Proxy {
         })
     }
 
-    /// Points the request at the upstream and adds the forwarding headers and the signed token.
+    /// Points the request at the upstream and adds the forwarding headers and
+    /// the signed token; returns the token's `jti`.
     fn build_upstream_request<B>(
         &self,
         req: &mut Request<B>,
         session: &Resolved,
         peer: &Peer,
         now: i64,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Jti, ProxyError> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let token = self.sign_token(req, session, now);
+        let Issued { token, jti } = self
+            .sign_token(req, session, now)
+            .map_err(|e| ProxyError::Internal(format!("token: {e}")))?;
         *req.uri_mut() = self.upstream.uri_for(req.uri())?;
         *req.version_mut() = Version::HTTP_11;
         set_forwarding_headers(req.headers_mut(), host, peer, self.is_trusted(peer));
-        let token = HeaderValue::try_from(token)
-            .map_err(|e| ProxyError::Internal(format!("token header: {e}")))?;
         req.headers_mut().insert(self.names.token.clone(), token);
-        Ok(())
+        Ok(jti)
     }
 
     /// Whether the connection comes from a configured trusted proxy.
@@ -355,7 +357,12 @@ impl Proxy {
         Ok(resp.map(|b| Either::Left(Relayed::new(b, names))))
     }
 
-    fn sign_token<B>(&self, req: &Request<B>, session: &Resolved, now: i64) -> String {
+    fn sign_token<B>(
+        &self,
+        req: &Request<B>,
+        session: &Resolved,
+        now: i64,
+    ) -> Result<Issued, crate::token::SignError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let sid;
         let claims = match &session.live {
@@ -383,7 +390,28 @@ impl Proxy {
                 path,
             },
         };
-        self.signer.sign(&claims)
+        self.signer.issue(&claims)
+    }
+
+    /// With `signing.require_signed_updates`, refuses update headers whose
+    /// `P-signature` is missing or wrong for this request's token. A 5xx
+    /// response's updates are never applied, so they need no signature.
+    fn check_update_signature(
+        &self,
+        headers: &mut HeaderMap,
+        status: StatusCode,
+        jti: &Jti,
+    ) -> Result<(), ProxyError> {
+        let Some(keys) = self.signer.update_keys() else {
+            return Ok(());
+        };
+        if status.is_server_error() {
+            return Ok(());
+        }
+        protocol::check_update_signature(headers, &self.names, jti.as_str(), keys).map_err(|e| {
+            protocol::strip_prefixed(headers, &self.names);
+            e.into()
+        })
     }
 
     /// Persists what the upstream asked for, atomically against the session as

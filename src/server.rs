@@ -168,6 +168,7 @@ impl Server {
                         None => admin::authority_of(&config.upstream),
                     },
                     upstream_socket: config.upstream_socket.clone(),
+                    jwks: crate::token::Signer::from_config(&config.signing).jwks(),
                 };
                 admin
                     .spawn(listener, stopped.clone())

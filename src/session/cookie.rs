@@ -5,8 +5,9 @@
 //!
 //! - The client can neither read nor change its session: the data, subject
 //!   and deadlines are encrypted and authenticated. A tampered, truncated or
-//!   made-up cookie, one sealed under another `signing.secret`, or one moved
-//!   to another cookie name (the name is the associated data) is no session.
+//!   made-up cookie, one sealed under a secret this proxy does not know, or
+//!   one moved to another cookie name (the name is the associated data) is
+//!   no session.
 //! - Expiry is enforced by the server from the sealed `expires_at` and idle
 //!   deadline, to the second with the store's clock: keeping the cookie past
 //!   its `Max-Age` does not keep the session alive.
@@ -46,6 +47,14 @@
 //! derived from `signing.secret` with HKDF-SHA256 and a label naming the
 //! version, so it is independent of the token's HMAC key and a future format
 //! gets its own key.
+//!
+//! # Rotating the secret
+//!
+//! Seals always use `signing.secret` (with HS256 `signing.keys`, the first
+//! key's secret). Opening also tries the fallbacks, in order: the other
+//! HS256 keys' secrets, then `signing.secret_fallbacks`. So a new secret
+//! takes over at once while cookies sealed under the old one keep their
+//! sessions; each is sealed anew under the new secret on its next write.
 
 use std::sync::Arc;
 
@@ -79,6 +88,8 @@ pub struct CookieStore {
     /// `None` only if key derivation failed, which ring rules out for a
     /// 32-byte output; every operation then fails instead of panicking.
     key: Option<LessSafeKey>,
+    /// Keys from older secrets: they open cookies but never seal one.
+    fallbacks: Vec<LessSafeKey>,
     /// The cookie name, the associated data of every seal.
     name: Box<str>,
     /// Longest sealed value: `max_chunks` cookies' worth.
@@ -94,6 +105,7 @@ impl std::fmt::Debug for CookieStore {
             .field("name", &self.name)
             .field("max", &self.max)
             .field("idle", &self.idle)
+            .field("fallbacks", &self.fallbacks.len())
             .finish_non_exhaustive()
     }
 }
@@ -109,12 +121,22 @@ impl CookieStore {
     ) -> Self {
         Self {
             key: derive_key(secret.expose()),
+            fallbacks: Vec::new(),
             name: name.into(),
             max: config.max_chunks.max(1).saturating_mul(CHUNK_BYTES),
             idle,
             clock,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Also opens cookies sealed under `secrets` (older secrets, tried in order).
+    pub fn with_fallbacks(mut self, secrets: &[Secret]) -> Self {
+        self.fallbacks = secrets
+            .iter()
+            .filter_map(|s| derive_key(s.expose()))
+            .collect();
+        self
     }
 
     fn aead_key(&self, op: &'static str) -> Result<&LessSafeKey, StoreError> {
@@ -168,7 +190,8 @@ impl CookieStore {
     }
 
     /// The key and record sealed in `value`; `None` for anything this store
-    /// did not seal under this secret and name. Liveness is not checked.
+    /// did not seal under this name and its secret or a fallback. Liveness
+    /// is not checked.
     fn open(
         &self,
         value: &str,
@@ -185,12 +208,25 @@ impl CookieStore {
         if bytes.len() < HEADER_LEN + KEY_BYTES + TAG_LEN || bytes[0] != VERSION {
             return Ok(None);
         }
-        let (head, sealed) = bytes.split_at_mut(HEADER_LEN);
-        let Ok(nonce) = Nonce::try_assume_unique_for_key(&head[1..]) else {
+        // A failed open leaves the buffer unspecified: older keys each get a
+        // fresh copy, kept only when there are older keys.
+        let original = (!self.fallbacks.is_empty()).then(|| bytes.clone());
+        let mut opened = open_with(aead_key, &self.name, &mut bytes);
+        if opened.is_none()
+            && let Some(original) = original
+        {
+            for key in &self.fallbacks {
+                bytes.clone_from(&original);
+                opened = open_with(key, &self.name, &mut bytes);
+                if opened.is_some() {
+                    break;
+                }
+            }
+        }
+        let Some(len) = opened else {
             return Ok(None);
         };
-        let Ok(plain) = aead_key.open_in_place(nonce, Aad::from(self.name.as_bytes()), sealed)
-        else {
+        let Some(plain) = bytes.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         let Some((key, text)) = plain.split_at_checked(KEY_BYTES) else {
@@ -221,6 +257,16 @@ fn derive_key(secret: &[u8]) -> Option<LessSafeKey> {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(secret);
     let okm = prk.expand(&[LABEL], &aead::AES_256_GCM).ok()?;
     Some(LessSafeKey::new(UnboundKey::from(okm)))
+}
+
+/// Opens the sealed value in `bytes` in place under `key`; the plaintext's
+/// length (it starts at [`HEADER_LEN`]), or `None` if `key` did not seal it.
+fn open_with(key: &LessSafeKey, name: &str, bytes: &mut [u8]) -> Option<usize> {
+    let (head, sealed) = bytes.split_at_mut(HEADER_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(head.get(1..)?).ok()?;
+    key.open_in_place(nonce, Aad::from(name.as_bytes()), sealed)
+        .ok()
+        .map(|plain| plain.len())
 }
 
 /// Length of the cookie value sealing `plain_len` bytes of plaintext.
@@ -516,6 +562,36 @@ mod tests {
         let cookie = a.create(record(r#"{"a":1}"#)).await.unwrap().handle;
         assert!(live(&b, cookie.cookie()).await.is_none());
         assert!(live(&a, cookie.cookie()).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn fallback_secrets_open_but_never_seal() {
+        const OLD: &str = "another-secret-0123456789-abcdefghijk";
+        let (old, _) = store_with(OLD, "sessionid", 4, None);
+        let sealed_before = old.create(record(r#"{"a":1}"#)).await.unwrap().handle;
+        let (rotated, _) = store();
+        let rotated = rotated.with_fallbacks(&[
+            Secret::new("unrelated-secret-0123456789-abcdefghij"),
+            Secret::new(OLD),
+        ]);
+        let loaded = live(&rotated, sealed_before.cookie()).await.expect("opens");
+        assert_eq!(&*loaded.record.data, r#"{"a":1}"#);
+        // Its next write is sealed under the new secret alone.
+        let c = changes(None, Some(json!({"b": 2})));
+        let Updated::Saved(saved) = update(&rotated, &loaded.handle, &c).await else {
+            panic!("expected Saved");
+        };
+        let (new_only, _) = store();
+        assert!(live(&new_only, saved.handle.cookie()).await.is_some());
+        assert!(live(&old, saved.handle.cookie()).await.is_none());
+        // Tampering is still caught under every key.
+        let mut bytes = URL_SAFE_NO_PAD.decode(sealed_before.cookie()).unwrap();
+        bytes[HEADER_LEN] ^= 1;
+        assert!(
+            live(&rotated, &URL_SAFE_NO_PAD.encode(&bytes))
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -273,7 +273,7 @@ impl Harness {
         let server = Server::start(&config, store.clone(), clock.clone()).unwrap();
         let addr = server.local_addr();
         Harness {
-            signer: Signer::new(&config.signing.secret, config.signing.token_ttl),
+            signer: Signer::from_config(&config.signing),
             client: Client::new(addr),
             upstream,
             server: Some(server),
