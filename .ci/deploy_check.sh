@@ -332,27 +332,10 @@ SESSIONWARD_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48)
 # Does this binary know the admin listener (`admin: {listen: ...}`)?
 # shellcheck disable=SC2016 # ${SESSIONWARD_SECRET} is for sessionward to expand
 printf 'listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nadmin:\n  listen: 127.0.0.1:0\nsigning:\n  secret: ${SESSIONWARD_SECRET}\n' >"$WORK/probe.yaml"
-if "$BIN" check --config "$WORK/probe.yaml" >/dev/null 2>"$WORK/probe.err"; then
-    ADMIN=yes
-    echo "the binary has the admin listener"
-elif grep -qF "unknown field \`admin\`" "$WORK/probe.err"; then
-    ADMIN=no
-    echo "TODO(admin listener): this binary has no admin listener yet (unknown field \`admin\`); the configs"
-    echo "TODO(admin listener): are checked with their admin: section removed, and the run below polls the proxy port."
-else
+if ! "$BIN" check --config "$WORK/probe.yaml" >/dev/null 2>"$WORK/probe.err"; then
     cat "$WORK/probe.err" >&2
-    fail "sessionward check failed on a minimal config"
+    fail "sessionward check failed on a minimal config with an admin listener"
 fi
-# Strips admin: from a config when the binary does not know it yet.
-# TODO(admin listener): delete this function and its callers once the admin listener has landed.
-without_admin() {
-    python3 - "$1" "$2" <<'PY'
-import sys, yaml
-conf = yaml.safe_load(open(sys.argv[1]))
-conf.pop("admin", None)
-yaml.safe_dump(conf, open(sys.argv[2], "w"), sort_keys=False)
-PY
-}
 configs=()
 while IFS= read -r f; do configs+=("$f"); done < <(python3 - <<'PY'
 import pathlib, yaml
@@ -367,10 +350,6 @@ PY
 [[ ${#configs[@]} -ge 2 ]] || fail "found ${#configs[@]} sessionward configs under deploy/, expected the compose and kubernetes ones"
 for f in "${configs[@]}"; do
     cf=$f
-    if [[ $ADMIN == no ]]; then
-        cf="$WORK/$(echo "$f" | tr / _)"
-        without_admin "$f" "$cf"
-    fi
     "$BIN" check --config "$cf" || fail "sessionward check rejected $f"
     # The placeholder of .env.example and secret.example.yaml must be refused.
     SESSIONWARD_SECRET=CHANGE-ME-to-a-random-secret-of-at-least-32-bytes \
@@ -409,16 +388,13 @@ APP_HOST=127.0.0.1 APP_PORT=$P_APP python3 deploy/demo-app/app.py >"$WORK/app.lo
 PIDS+=($!)
 
 RUNCONF=$WORK/run.yaml
-python3 - deploy/kubernetes/sessionward.yaml "$RUNCONF" "$P_PROXY" "$P_ADMIN" "$P_APP" "$STORE" "$ADMIN" <<'PY'
+python3 - deploy/kubernetes/sessionward.yaml "$RUNCONF" "$P_PROXY" "$P_ADMIN" "$P_APP" "$STORE" <<'PY'
 import sys, yaml
-src, dst, proxy, admin, app, store, has_admin = sys.argv[1:]
+src, dst, proxy, admin, app, store = sys.argv[1:]
 conf = yaml.safe_load(open(src))
 conf["listen"] = f"127.0.0.1:{proxy}"
 conf["upstream"] = f"http://127.0.0.1:{app}"
-if has_admin == "yes":
-    conf["admin"]["listen"] = f"127.0.0.1:{admin}"
-else:
-    conf.pop("admin", None)  # TODO(admin listener): keep it once the binary knows it
+conf["admin"]["listen"] = f"127.0.0.1:{admin}"
 if store == "memory":
     conf["store"] = {"kind": "memory"}
 yaml.safe_dump(conf, open(dst, "w"), sort_keys=False)
@@ -445,22 +421,14 @@ poll200() {
     return 1
 }
 
-if [[ $ADMIN == yes ]]; then
-    body=$(poll200 "http://127.0.0.1:$P_ADMIN/healthz" 20) || { cat "$WORK/sessionward.log" >&2; fail "/healthz on the admin port did not answer 200"; }
-    [[ $(tr -d '[:space:]' <<<"$body") == ok ]] || fail "/healthz answered 200 with \"$body\", want \"ok\""
-    echo "admin /healthz: 200 $body"
-    poll200 "http://127.0.0.1:$P_ADMIN/readyz" 20 >/dev/null || { cat "$WORK/sessionward.log" >&2; fail "/readyz did not become 200 with the store and the app up"; }
-    echo "admin /readyz: 200"
-    poll200 "http://127.0.0.1:$P_ADMIN/metrics" 5 >"$WORK/metrics" || fail "/metrics did not answer 200"
-    grep -q '^# \(HELP\|TYPE\) ' "$WORK/metrics" || fail "/metrics is not Prometheus text"
-    echo "admin /metrics: 200, $(grep -c '^# TYPE' "$WORK/metrics") metric families"
-else
-    # TODO(admin listener): remove this fallback once `admin:` is accepted; the
-    # branch above then checks /healthz, /readyz and /metrics on the admin port.
-    echo "TODO(admin listener): no admin port yet; checking that the proxy port answers instead"
-    poll200 "http://127.0.0.1:$P_PROXY/" 20 >/dev/null || { cat "$WORK/sessionward.log" "$WORK/app.log" >&2; fail "the proxy port did not answer 200"; }
-    echo "proxy port: 200"
-fi
+body=$(poll200 "http://127.0.0.1:$P_ADMIN/healthz" 20) || { cat "$WORK/sessionward.log" >&2; fail "/healthz on the admin port did not answer 200"; }
+[[ $(tr -d '[:space:]' <<<"$body") == ok ]] || fail "/healthz answered 200 with \"$body\", want \"ok\""
+echo "admin /healthz: 200 $body"
+poll200 "http://127.0.0.1:$P_ADMIN/readyz" 20 >/dev/null || { cat "$WORK/sessionward.log" >&2; fail "/readyz did not become 200 with the store and the app up"; }
+echo "admin /readyz: 200"
+poll200 "http://127.0.0.1:$P_ADMIN/metrics" 5 >"$WORK/metrics" || fail "/metrics did not answer 200"
+grep -q '^# \(HELP\|TYPE\) ' "$WORK/metrics" || fail "/metrics is not Prometheus text"
+echo "admin /metrics: 200, $(grep -c '^# TYPE' "$WORK/metrics") metric families"
 
 # A session through the proxy, the demo app and the store. The cookie is
 # Secure (as in production); curl sends Secure cookies to 127.0.0.1 over http.
