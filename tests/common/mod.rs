@@ -508,3 +508,186 @@ pub async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
     });
     addr
 }
+
+// ---------------------------------------------------------------------------
+// Raw sockets
+// ---------------------------------------------------------------------------
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// Every byte read.
+    pub bytes: Vec<u8>,
+    /// Whether the proxy closed the connection (end of stream or a reset)
+    /// before the wait ran out.
+    pub closed: bool,
+}
+
+impl RawAnswer {
+    /// The bytes as text, for assertions and messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status code of every response in the bytes, in order, `100
+    /// Continue` included.
+    pub fn statuses(&self) -> Vec<u16> {
+        let text = self.text();
+        let mut found = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("HTTP/1.") {
+            let after = &rest[i..];
+            if let Some(code) = after.get(9..12).and_then(|c| c.parse().ok()) {
+                found.push(code);
+            }
+            rest = &after[7..];
+        }
+        found
+    }
+}
+
+/// Writes `request` on a new connection to `addr`, then reads until the
+/// other side closes it or `wait` has passed. A write the other side cut
+/// short is not an error: what it answered before closing is still read.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(request).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    RawAnswer { bytes, closed }
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from a raw
+/// connection: the head (status line and headers, lower-cased) and the body.
+pub async fn read_response<S>(io: &mut S) -> (String, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(DEADLINE, async {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            io.read_exact(&mut byte).await.expect("a response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().expect("a numeric content-length"));
+        let mut body = vec![0u8; len];
+        io.read_exact(&mut body).await.expect("the response body");
+        (head, body)
+    })
+    .await
+    .expect("a response in time")
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 frames by hand, for what a well-behaved client library refuses to send
+// ---------------------------------------------------------------------------
+
+/// The client connection preface followed by an empty SETTINGS frame.
+pub fn h2_preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    out
+}
+
+pub const H2_DATA: u8 = 0;
+pub const H2_HEADERS: u8 = 1;
+pub const H2_RST_STREAM: u8 = 3;
+pub const H2_SETTINGS: u8 = 4;
+pub const H2_PING: u8 = 6;
+pub const H2_GOAWAY: u8 = 7;
+pub const H2_END_STREAM: u8 = 1;
+pub const H2_END_HEADERS: u8 = 4;
+
+/// One frame: 24-bit length, type, flags, stream id, payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Appends a header as an HPACK literal without indexing, name and value
+/// raw (no Huffman): any bytes at all, valid or not.
+pub fn hpack_literal(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    fn int(out: &mut Vec<u8>, mut v: usize) {
+        if v < 127 {
+            out.push(v as u8);
+            return;
+        }
+        out.push(127);
+        v -= 127;
+        while v >= 128 {
+            out.push((v % 128 + 128) as u8);
+            v /= 128;
+        }
+        out.push(v as u8);
+    }
+    block.push(0);
+    int(block, name.len());
+    block.extend_from_slice(name);
+    int(block, value.len());
+    block.extend_from_slice(value);
+}
+
+/// A HEADERS frame for a request with these pseudo-headers and headers.
+pub fn h2_request(
+    stream: u32,
+    flags: u8,
+    method: &str,
+    path: &[u8],
+    headers: &[(&[u8], &[u8])],
+) -> Vec<u8> {
+    let mut block = Vec::new();
+    hpack_literal(&mut block, b":method", method.as_bytes());
+    hpack_literal(&mut block, b":scheme", b"http");
+    hpack_literal(&mut block, b":path", path);
+    hpack_literal(&mut block, b":authority", b"app.test");
+    for (name, value) in headers {
+        hpack_literal(&mut block, name, value);
+    }
+    h2_frame(H2_HEADERS, flags | H2_END_HEADERS, stream, &block)
+}
+
+/// A frame read back: type, flags, stream id and payload.
+#[derive(Debug, Clone)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Reads the next frame; `None` once the connection is closed.
+pub async fn read_h2_frame<S>(io: &mut S) -> Option<H2Frame>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.ok()?;
+    Some(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
