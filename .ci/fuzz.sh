@@ -19,6 +19,9 @@ export CARGO_TERM_COLOR=never
 
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-10}
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-nightly}
+# Outside the clone, so that fresh CI clones on one machine reuse the
+# sanitizer build of the whole dependency tree (minutes, cold).
+TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/sessionward/fuzz-target}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -43,7 +46,7 @@ fi
 step "build ${targets[*]}"
 build_start=$SECONDS
 for target in "${targets[@]}"; do
-  cargo "+$TOOLCHAIN" fuzz build --fuzz-dir fuzz "$target"
+  cargo "+$TOOLCHAIN" fuzz build --fuzz-dir fuzz --target-dir "$TARGET_DIR" "$target"
 done
 echo "built in $((SECONDS - build_start)) s"
 
@@ -59,7 +62,7 @@ for target in "${targets[@]}"; do
   [[ -f "fuzz/dict/$target.dict" ]] && dict=("-dict=fuzz/dict/$target.dict")
   # The first corpus directory receives new inputs; the committed seeds
   # come second and are only read.
-  if ! cargo "+$TOOLCHAIN" fuzz run --fuzz-dir fuzz "$target" "$scratch/$target" "$seeds" -- \
+  if ! cargo "+$TOOLCHAIN" fuzz run --fuzz-dir fuzz --target-dir "$TARGET_DIR" "$target" "$scratch/$target" "$seeds" -- \
       -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -print_final_stats=1 "${dict[@]}"; then
     echo "FAIL: fuzz target $target crashed; the reproducer is in fuzz/artifacts/$target/" >&2

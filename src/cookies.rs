@@ -81,9 +81,12 @@ pub fn take_session_cookie(
     for value in headers.get_all(COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
             let pair = pair.trim_ascii();
+            // A pair without `=` is a nameless cookie (browsers store
+            // `Set-Cookie: sessionid` that way): never ours, or a planted one
+            // could hide the real session.
             let (n, v) = match pair.iter().position(|&b| b == b'=') {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
+                None => (&b""[..], pair),
             };
             if let Some(i) = chunk_index(n.trim_ascii(), name, max_chunks) {
                 if parts[i].is_none() {
@@ -139,8 +142,10 @@ pub fn drop_upstream_session_cookies(
 ) -> usize {
     let is_ours = |v: &HeaderValue| {
         let bytes = v.as_bytes();
-        let end = bytes.iter().position(|&b| b == b'=').unwrap_or(bytes.len());
-        chunk_index(bytes[..end].trim_ascii(), name, max_chunks).is_some()
+        // The name-value pair ends at the first `;`; its name at the first `=`.
+        let pair = bytes.split(|&b| b == b';').next().unwrap_or(bytes);
+        let end = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        chunk_index(pair[..end].trim_ascii(), name, max_chunks).is_some()
     };
     let dropped = headers
         .get_all(SET_COOKIE)
@@ -500,5 +505,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(SET_COOKIE, HeaderValue::from_static("sid.1=apps"));
         assert_eq!(drop_upstream_session_cookies(&mut h, "sid", 1), 0);
+    }
+
+    #[test]
+    fn a_nameless_cookie_is_never_the_session() {
+        let mut h = headers(&["sessionid; sessionid=KEY"]);
+        assert_eq!(take(&mut h), Some("KEY".to_string()));
+        assert_eq!(cookie_values(&h), vec!["sessionid"]);
+        let mut h = HeaderMap::new();
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("sessionid; Path=/account"),
+        );
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("theme=sessionid; Path=/"),
+        );
+        assert_eq!(drop_upstream_session_cookies(&mut h, "sessionid", 1), 1);
+        assert_eq!(h[SET_COOKIE], "theme=sessionid; Path=/");
     }
 }
