@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Short fuzzing runs of every target in fuzz/ (cargo fuzz, libFuzzer): the
-# cookie parser, the update-header parser with the session rules, and the
-# config loader. Fails on the first crash, leak, timeout or out-of-memory,
-# and says where the reproducer is. Runs on a clean clone; installs the
-# nightly toolchain and cargo-fuzz when they are missing.
+# cookie parser, the update-header parser with the session rules, the
+# config loader and the HTTP/1 request framing check. Fails on the first
+# crash, leak, timeout or out-of-memory, and says where the reproducer is.
+# Runs on a clean clone; installs the nightly toolchain and cargo-fuzz when
+# they are missing.
 #
 #   bash .ci/fuzz.sh                   10 s per target
 #   FUZZ_SECONDS=300 bash .ci/fuzz.sh  longer, by hand

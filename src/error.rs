@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request body could not be read (broken framing, cut off).
+    #[error("the request body could not be read: {0}")]
+    BadRequestBody(String),
     /// A request header is over its configured limit.
     #[error("request header {name} is {size} bytes, over the limit of {max}")]
     HeaderTooLarge {
@@ -72,7 +75,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Protocol(_) | ProxyError::Apply(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::SessionInterrupted | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SessionInterrupted
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,6 +95,7 @@ impl ProxyError {
             }
             ProxyError::SessionInterrupted => "session was interrupted by a concurrent request\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::BadRequestBody(_) => "bad request: the request body could not be read\n",
             ProxyError::HeaderTooLarge { .. } => "request header too large\n",
             ProxyError::MethodNotAllowed(_) => "method not allowed\n",
             ProxyError::Internal(_) => "internal error\n",
@@ -143,6 +149,7 @@ mod tests {
             ),
             (ProxyError::SessionInterrupted, 400),
             (ProxyError::BadRequest("x".into()), 400),
+            (ProxyError::BadRequestBody("incomplete".into()), 400),
             (
                 ProxyError::HeaderTooLarge {
                     name: "cookie",

@@ -11,6 +11,7 @@ pub mod config;
 pub mod cookies;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, error, warn};
 
-use crate::body::Relayed;
+use crate::body::{self, Relayed};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::{Cidr, StoreConfig};
@@ -238,13 +238,7 @@ impl Proxy {
         let jti = self.build_upstream_request(&mut req, &session, &peer, now)?;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let names = self.names.clone();
-        let sent = Instant::now();
-        let mut resp = self
-            .upstream
-            .send(req.map(|b| Relayed::new(b, names)))
-            .await?;
-        self.metrics.upstream(sent.elapsed());
+        let mut resp = self.forward(req).await?;
 
         let switching =
             resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
@@ -339,13 +333,7 @@ impl Proxy {
         *req.uri_mut() = self.upstream.uri_for(req.uri())?;
         *req.version_mut() = Version::HTTP_11;
         set_forwarding_headers(req.headers_mut(), host, peer, self.is_trusted(peer));
-        let names = self.names.clone();
-        let sent = Instant::now();
-        let mut resp = self
-            .upstream
-            .send(req.map(|b| Relayed::new(b, names)))
-            .await?;
-        self.metrics.upstream(sent.elapsed());
+        let mut resp = self.forward(req).await?;
         strip_hop_by_hop(resp.headers_mut(), false);
         protocol::strip_prefixed(resp.headers_mut(), &self.names);
         cookies::drop_upstream_session_cookies(
@@ -355,6 +343,27 @@ impl Proxy {
         );
         let names = self.names.clone();
         Ok(resp.map(|b| Either::Left(Relayed::new(b, names))))
+    }
+
+    /// Sends the request upstream and waits for the response head. A
+    /// failure caused by the client's own body (broken chunked framing, cut
+    /// off) is the client's fault, 400, not the app's.
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let names = self.names.clone();
+        let body = body::Failure::default();
+        let sent = Instant::now();
+        let resp = self
+            .upstream
+            .send(req.map(|b| Relayed::watched(b, names, body.clone())))
+            .await;
+        match (resp, body.reason()) {
+            (Ok(resp), _) => {
+                self.metrics.upstream(sent.elapsed());
+                Ok(resp)
+            }
+            (Err(_), Some(reason)) => Err(ProxyError::BadRequestBody(reason.to_string())),
+            (Err(e), None) => Err(e),
+        }
     }
 
     fn sign_token<B>(

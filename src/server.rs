@@ -34,6 +34,7 @@ use crate::admin::{self, Admin};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::framing::Screened;
 use crate::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::session::SessionStore;
@@ -370,7 +371,11 @@ async fn serve_loop(mut worker: Worker) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        .max_buf_size(limits.max_header_bytes)
+        // A client may close its sending side once its request is out (and
+        // a refused head looks the same to hyper): answers already owed are
+        // still written.
+        .half_close(true);
     // hyper's 16 KB default would refuse the cookie store's own chunked
     // cookies (up to 4 x 3,800 bytes) next to the app's cookies; HTTP/1
     // already allows more.
@@ -403,6 +408,11 @@ async fn serve_loop(mut worker: Worker) {
         };
         worker.metrics.connection();
         let open = OpenGuard(worker.open.clone());
+        let screen = Screen {
+            max_head: limits.max_header_bytes,
+            first_request_timeout: limits.header_read_timeout,
+            metrics: worker.metrics.clone(),
+        };
         let (proxy, builder, watcher) = (worker.proxy.clone(), builder.clone(), graceful.watcher());
         match &worker.tls {
             None => serve_connection(
@@ -412,6 +422,7 @@ async fn serve_loop(mut worker: Worker) {
                 builder,
                 watcher,
                 open,
+                screen,
             ),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -425,6 +436,7 @@ async fn serve_loop(mut worker: Worker) {
                             builder,
                             watcher,
                             open,
+                            screen,
                         ),
                         Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%addr, "TLS handshake timed out"),
@@ -453,8 +465,16 @@ impl Drop for OpenGuard {
 /// How long a client gets to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What every connection's [`Screened`] needs.
+struct Screen {
+    max_head: usize,
+    first_request_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
 /// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on one
-/// connection, tracked for graceful shutdown.
+/// connection, tracked for graceful shutdown. HTTP/1 bytes are screened
+/// for ambiguous framing before hyper reads them.
 fn serve_connection<I>(
     io: I,
     peer: Peer,
@@ -462,6 +482,7 @@ fn serve_connection<I>(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     open: OpenGuard,
+    screen: Screen,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -472,6 +493,13 @@ fn serve_connection<I>(
         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
     });
     tokio::spawn(async move {
+        let io = Screened::new(
+            io,
+            screen.max_head,
+            screen.first_request_timeout,
+            addr,
+            screen.metrics,
+        );
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             debug!(%addr, error = %e, "connection ended with an error");

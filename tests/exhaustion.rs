@@ -1,11 +1,8 @@
 //! Resource exhaustion: slow clients, idle connections and HTTP/2 rapid
 //! reset. Whatever one client does, its timeouts fire, the work it causes
 //! stays bounded, and everyone else keeps being served meanwhile.
-//!
-//! Some of these need the limits of issue 4 (a request-header read timeout,
-//! an idle keep-alive timeout, a cap on connections, HTTP/2 stream limits),
-//! which are being added elsewhere. They are written against the expected
-//! behaviour, configured through [`LIMITS`], and ignored until then.
+//! Some run with short limits ([`LIMITS`]) so that their timeouts fire
+//! within the test.
 
 mod common;
 
@@ -16,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Client, DEADLINE, H2_END_STREAM, H2_GOAWAY, H2_PING, H2_RST_STREAM, Harness, SECRET, Upstream,
-    h2_frame, h2_preface, h2_request, read_h2_frame, read_response,
+    h2_frame, h2_preface, h2_request, raw_exchange, read_h2_frame, read_response,
 };
 use sessionward::config::RawConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,10 +21,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-/// The limits of issue 4, short enough for a test. The key names are the
-/// expected ones: until the configuration knows them, loading this is an
-/// error and the tests that need it are ignored. Adjust the names here when
-/// the limits land.
+/// Limits short enough for a test.
 const LIMITS: &str = "\
 limits:
   header_read_timeout: 1
@@ -52,7 +46,7 @@ async fn harness_with_limits() -> Harness {
         upstream.addr
     );
     let raw = RawConfig::from_yaml(&yaml, &|_| None)
-        .unwrap_or_else(|e| panic!("the limits of issue 4 are not configurable yet:\n{e}"));
+        .unwrap_or_else(|e| panic!("the test limits do not load:\n{e}"));
     Harness::build(upstream, |c| *c = raw, None).await
 }
 
@@ -285,17 +279,12 @@ async fn five_thousand_idle_connections_do_not_stop_others() {
 }
 
 #[tokio::test]
-#[ignore = "open: a connection that never sends a byte is not timed out (hyper-util's HTTP/1-or-2 detection has no timer; limits.max_connections bounds them), and the harness client reuses connections the 1 s idle timeout closed"]
 async fn idle_connections_are_closed_and_the_connection_cap_holds() {
     assert_fd_budget(11_000);
     let h = harness_with_limits().await;
     // 100 keep-alive connections idle after one request each, then 4,900
-    // that never send a byte, against a cap of 1,000. Today a connection
-    // that never sends a byte is never closed at all: hyper-util's HTTP/1
-    // or HTTP/2 detection waits for the first bytes with no timeout, and
-    // hyper's own 30 s header-read timeout only starts after it. A proxy
-    // that stops accepting may leave some connects hanging: those count as
-    // refused.
+    // that never send a byte, against a cap of 1,000. A proxy that stops
+    // accepting may leave some connects hanging: those count as refused.
     let mut idle = idle_connections(h.addr, 100).await;
     let mut connecting = JoinSet::new();
     for _ in 0..4900 {
@@ -314,10 +303,22 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
         }
     }
     let start = Instant::now();
-    let r = h.new_client().get("/fresh").send().await;
-    assert_eq!(
-        r.status, 200,
-        "a new client is served despite the idle crowd"
+    // Over the cap a new connection is closed at once; the silent ones time
+    // out, which frees slots, so a new client is served soon after.
+    let fresh = b"GET /fresh HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+    let served = timeout(LIMIT_TIMEOUT + SLACK, async {
+        loop {
+            if raw_exchange(h.addr, fresh, SLACK).await.statuses() == [200] {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        served.is_ok(),
+        "no new client served within {:?} of the crowd",
+        LIMIT_TIMEOUT + SLACK
     );
     // Each idle connection is closed by the proxy: at the idle timeout, or
     // at once when over the cap; those still queued after a slot frees up
@@ -345,7 +346,7 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
             start.elapsed()
         )
     });
-    assert_eq!(h.client.get("/after").send().await.status, 200);
+    assert_eq!(h.new_client().get("/after").send().await.status, 200);
 }
 
 // ---------------------------------------------------------------------------
