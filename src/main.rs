@@ -1,4 +1,4 @@
-//! The `sessionward` command: run, check and demo.
+//! The `sessionward` command: run, check, demo and sessions.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use sessionward::clock::SystemClock;
 use sessionward::config::{Config, ConfigError, StoreConfig};
 use sessionward::server::StopHandle;
+use sessionward::session::{Expiry, KeyHash, Record, SessionKey};
 use sessionward::telemetry::{self, LogFormat};
 use tracing::info;
 
@@ -43,12 +44,15 @@ enum Command {
         #[arg(short, long, env = "SESSIONWARD_CONFIG")]
         config: PathBuf,
     },
-    /// Remove expired sessions from the configured store now (SQLite; Redis
-    /// and the cookie store expire sessions by themselves).
-    Purge {
+    /// Inspect and manage the sessions in the configured store (SQLite or
+    /// Redis: the memory store lives inside the running proxy, and the
+    /// cookie store's sessions live in the browsers).
+    Sessions {
         /// The YAML configuration file.
         #[arg(short, long, env = "SESSIONWARD_CONFIG")]
         config: PathBuf,
+        #[command(subcommand)]
+        action: SessionsAction,
     },
     /// Start the proxy in front of a built-in demo app, with the in-memory store.
     Demo {
@@ -58,6 +62,33 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SessionsAction {
+    /// One line per live session: id, subject, created, last seen, expires, bytes.
+    List {
+        /// Stop after this many sessions.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session as JSON, its data included. ID is what `list` prints, or
+    /// the session cookie's value.
+    Show {
+        /// The session's id (64 hex digits) or cookie value.
+        id: String,
+    },
+    /// Deletes one session: its cookie stops working at once.
+    Delete {
+        /// The session's id (64 hex digits) or cookie value.
+        id: String,
+    },
+    /// Removes expired sessions now (SQLite sweeps them every
+    /// `purge_interval` too; Redis and the cookie store need no sweeping).
+    Purge,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
@@ -65,21 +96,120 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(runtime().and_then(|rt| rt.block_on(run(config)))),
         Command::Demo { listen } => report(runtime().and_then(|rt| rt.block_on(demo(listen)))),
-        Command::Purge { config } => report(runtime().and_then(|rt| rt.block_on(purge(config)))),
+        Command::Sessions { config, action } => {
+            report(runtime().and_then(|rt| rt.block_on(sessions(config, action))))
+        }
     }
 }
 
-async fn purge(path: PathBuf) -> anyhow::Result<()> {
+async fn sessions(path: PathBuf, action: SessionsAction) -> anyhow::Result<()> {
     let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
     if matches!(config.store, StoreConfig::Memory { .. }) {
         anyhow::bail!(
-            "the memory store lives inside the running proxy and expires sessions by itself; there is nothing to purge from outside"
+            "the memory store lives inside the running proxy and expires sessions by itself; \
+             another process cannot reach it (use store.kind sqlite or redis to manage sessions from outside)"
         );
     }
     let store = sessionward::build_store(&config, Arc::new(SystemClock))?;
-    let purged = store.purge().await?;
-    println!("purged {purged} expired session(s)");
+    let idle = config.session.idle_timeout;
+    match action {
+        SessionsAction::List { limit, json } => {
+            let mut listed = store.list(limit).await?;
+            listed.sort_by_key(|(_, r)| r.created_at);
+            if !json {
+                println!(
+                    "{:<64}  {:<20}  {:<20}  {:<20}  {:>7}  SUBJECT",
+                    "ID", "CREATED", "LAST SEEN", "EXPIRES", "BYTES"
+                );
+            }
+            for (id, record) in &listed {
+                if json {
+                    let mut line = describe(id, record, idle);
+                    if let Some(o) = line.as_object_mut() {
+                        o.remove("data");
+                    }
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{}  {:<20}  {:<20}  {:<20}  {:>7}  {}",
+                        id.to_hex(),
+                        timestamp(record.created_at),
+                        timestamp(record.seen_at),
+                        timestamp(record.deadline(idle)),
+                        record.data.len(),
+                        record.subject.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            if listed.len() == limit {
+                eprintln!("(stopped at --limit {limit})");
+            }
+        }
+        SessionsAction::Show { id } => {
+            let id = session_id(&id)?;
+            let record = store
+                .peek(&id)
+                .await?
+                .with_context(|| format!("no live session with id {}", id.to_hex()))?;
+            println!("{:#}", describe(&id, &record, idle));
+        }
+        SessionsAction::Delete { id } => {
+            let id = session_id(&id)?;
+            if !store.delete_id(&id).await? {
+                anyhow::bail!("no live session with id {}", id.to_hex());
+            }
+            println!("deleted session {}", id.to_hex());
+        }
+        SessionsAction::Purge => {
+            let purged = store.purge().await?;
+            println!("purged {purged} expired session(s)");
+        }
+    }
     Ok(())
+}
+
+/// What an operator may pass for a session: the id `list` prints, or the
+/// cookie value (hashed here, as the proxy does).
+fn session_id(text: &str) -> anyhow::Result<KeyHash> {
+    KeyHash::from_hex(text)
+        .or_else(|| SessionKey::parse(text).map(|k| k.hash()))
+        .with_context(|| {
+            format!(
+                "{text:?} is not a session id (the 64 hex digits `sessions list` prints) or a session cookie value"
+            )
+        })
+}
+
+/// A session as JSON: times in RFC 3339 UTC, its data parsed.
+fn describe(id: &KeyHash, record: &Record, idle: Option<u64>) -> serde_json::Value {
+    let expiry = match record.expiry {
+        Expiry::Default => serde_json::json!("default"),
+        Expiry::BrowserClose => serde_json::json!("browser-close"),
+        Expiry::Idle(secs) => serde_json::json!(secs),
+    };
+    let data = serde_json::from_str::<serde_json::Value>(&record.data)
+        .unwrap_or_else(|_| serde_json::Value::String(record.data.to_string()));
+    serde_json::json!({
+        "id": id.to_hex(),
+        "subject": record.subject.as_deref(),
+        "created": timestamp(record.created_at),
+        "last_seen": timestamp(record.seen_at),
+        "expires": timestamp(record.deadline(idle)),
+        "expiry": expiry,
+        "bytes": record.data.len(),
+        "data": data,
+    })
+}
+
+/// Unix seconds as RFC 3339 UTC (the raw number if out of range).
+fn timestamp(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

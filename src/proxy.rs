@@ -606,6 +606,7 @@ fn set_forwarding_headers(
     peer: &Peer,
     trusted: bool,
 ) {
+    drop_underscore_spellings(h);
     let proto = HeaderValue::from_static(if peer.tls { "https" } else { "http" });
     if trusted {
         let chain: Vec<&[u8]> = h
@@ -642,6 +643,41 @@ fn set_forwarding_headers(
     h.remove(header::FORWARDED);
     h.remove(X_REAL_IP);
     h.insert(X_FORWARDED_PROTO, proto);
+}
+
+/// Forwarding headers by name, dashes for underscores.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "x-request-id",
+];
+
+/// Drops `X_Forwarded_For` and the like, from anyone: CGI-style apps (PHP,
+/// Perl) read `X_Forwarded_For` and `X-Forwarded-For` both as
+/// `HTTP_X_FORWARDED_FOR`, so an underscore spelling could stand in for
+/// what sessionward sets. (nginx drops headers with underscores by default
+/// for the same reason.)
+fn drop_underscore_spellings(h: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_')
+                && FORWARDING.iter().any(|f| {
+                    f.len() == name.len()
+                        && f.bytes()
+                            .zip(name.bytes())
+                            .all(|(f, n)| f == n || (f == b'-' && n == b'_'))
+                })
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        h.remove(name);
+    }
 }
 
 /// The client's address as a trusted chain tells it: `X-Forwarded-For` read
@@ -831,6 +867,29 @@ mod tests {
     }
 
     use crate::protocol::tests::map as headers;
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_never_reach_the_app() {
+        let peer = Peer::new("10.0.0.9:1234".parse().unwrap(), false);
+        for trusted in [false, true] {
+            let mut h = headers(&[
+                ("x_forwarded_for", "6.6.6.6"),
+                ("x-forwarded_proto", "https"),
+                ("x_real_ip", "6.6.6.6"),
+                ("x_request_id", "forged"),
+                ("x_custom", "kept"),
+            ]);
+            set_forwarding_headers(&mut h, None, &peer, trusted);
+            let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+            names.sort();
+            assert_eq!(
+                names,
+                ["x-forwarded-for", "x-forwarded-proto", "x_custom"],
+                "trusted: {trusted}"
+            );
+            assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        }
+    }
 
     #[test]
     fn inbound_strip_removes_forgeries_and_hop_by_hop() {

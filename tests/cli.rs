@@ -201,7 +201,7 @@ fn run_serves_and_exits_0_on_sigterm() {
 }
 
 #[test]
-fn purge_explains_that_the_memory_store_has_nothing_to_purge() {
+fn sessions_explains_that_the_memory_store_cannot_be_reached() {
     let dir = temp_dir("purge-memory");
     let path = write_config(
         &dir,
@@ -212,8 +212,9 @@ fn purge_explains_that_the_memory_store_has_nothing_to_purge() {
         ),
     );
     let out = Command::new(BIN)
-        .args(["purge", "--config"])
+        .args(["sessions", "--config"])
         .arg(&path)
+        .arg("list")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -259,8 +260,9 @@ async fn purge_removes_expired_sqlite_sessions_and_keeps_live_ones() {
         store.create(record(now + 1000)).await.unwrap();
     }
     let out = Command::new(BIN)
-        .args(["purge", "--config"])
+        .args(["sessions", "--config"])
         .arg(&path)
+        .arg("purge")
         .output()
         .unwrap();
     assert!(
@@ -275,5 +277,134 @@ async fn purge_removes_expired_sqlite_sessions_and_keeps_live_ones() {
     let store = sessionward::build_store(&config, Arc::new(SystemClock)).unwrap();
     assert_eq!(store.count().await.unwrap(), 1);
     drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `sessionward sessions --config <config> <args>`: exit code, stdout, stderr.
+fn sessions_cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["sessions", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sessions_list_show_and_delete_act_on_the_running_proxys_store() {
+    use common::{Client, Harness, Upstream};
+    use sessionward::config::RawConfig;
+    use sessionward::session::SessionKey;
+
+    let dir = temp_dir("sessions-sqlite");
+    let db = dir.join("sessions.db");
+    let _ = std::fs::remove_file(&db);
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream: http://{}\n\
+         cookie:\n  secure: false\nsigning:\n  secret: {}\n\
+         store:\n  kind: sqlite\n  sqlite:\n    path: '{}'\n",
+        upstream.addr,
+        common::SECRET,
+        db.display()
+    );
+    let path = write_config(&dir, "sqlite.yaml", &yaml);
+    let raw = RawConfig::from_yaml(&yaml, &|_| None).unwrap();
+    let h = Harness::build(upstream, |c| *c = raw, None).await;
+
+    // Two sessions through the proxy: ann's, with a subject, and another.
+    let ann = h.client.clone();
+    ann.post("/login")
+        .update(r#"{"user":7}"#)
+        .reply("x-session-subject", "user:7")
+        .send()
+        .await;
+    let other = Client::new(h.addr);
+    other.post("/cart").update(r#"{"cart":[1]}"#).send().await;
+    let id_of = |c: &Client| {
+        SessionKey::parse(&c.session_key().expect("a session"))
+            .unwrap()
+            .hash()
+            .to_hex()
+    };
+    let (ann_id, other_id) = (id_of(&ann), id_of(&other));
+
+    let (code, table, err) = sessions_cli(&path, &["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    let ann_line = lines.iter().find(|l| l.starts_with(&ann_id)).expect(&table);
+    assert!(ann_line.ends_with("user:7"), "{ann_line}");
+    assert!(lines.iter().any(|l| l.starts_with(&other_id)), "{table}");
+
+    let (code, json_lines, _) = sessions_cli(&path, &["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let mut ids: Vec<String> = json_lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v.get("data").is_none(), "list never prints data: {l}");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    let mut expected = vec![ann_id.clone(), other_id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // Show by the cookie value (what a browser's dev tools show) or the id.
+    let cookie = ann.session_key().unwrap();
+    for which in [cookie.as_str(), ann_id.as_str()] {
+        let (code, shown, err) = sessions_cli(&path, &["show", which]);
+        assert_eq!(code, Some(0), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(v["id"], ann_id.as_str());
+        assert_eq!(v["subject"], "user:7");
+        assert_eq!(v["data"]["user"], 7);
+        assert_eq!(v["bytes"], 10);
+    }
+
+    // Deleted from outside: the running proxy no longer knows the cookie.
+    let (code, out, err) = sessions_cli(&path, &["delete", &ann_id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("deleted session {ann_id}"));
+    ann.get("/after").send().await;
+    let claims = h.last_claims();
+    assert!(
+        claims.sid.is_none(),
+        "the deleted session still reached the app"
+    );
+    assert_eq!(h.sessions().await, 1);
+
+    let (code, _, err) = sessions_cli(&path, &["show", &ann_id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no live session with id"), "{err}");
+    let (code, _, err) = sessions_cli(&path, &["delete", "nonsense"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a session id"), "{err}");
+    drop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sessions_in_the_cookie_store_cannot_be_listed_and_say_why() {
+    let dir = temp_dir("sessions-cookie");
+    let path = write_config(
+        &dir,
+        "cookie.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nsigning:\n  secret: {}\nstore:\n  kind: cookie\n",
+            common::SECRET
+        ),
+    );
+    let (code, _, err) = sessions_cli(&path, &["list"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("sealed in its browser's cookie"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -439,6 +439,59 @@ mod cases {
             "purge removed a live session"
         );
     }
+
+    /// What `sessionward sessions` does: sessions by id, read without
+    /// refreshing them (run with a 30 s idle timeout).
+    pub async fn operators_list_peek_and_delete_by_id(f: Fixture) {
+        if !f.revocable() {
+            // Sessions live in the browsers: every call says so.
+            let id = SessionKey::generate().expect("a key").hash();
+            let errors = [
+                f.store.list(10).await.err(),
+                f.store.peek(&id).await.err(),
+                f.store.delete_id(&id).await.err(),
+            ];
+            for e in errors {
+                let e = e.expect("the cookie store cannot reach sessions by id");
+                assert!(e.to_string().contains("cookie"), "{e}");
+            }
+            return;
+        }
+        let id = |l: &Loaded| l.handle.key().hash();
+        let a = f.create(json!({"who": "a"})).await;
+        let b = f.create(json!({"who": "b"})).await;
+        f.clock.advance(20);
+        let peeked = f
+            .store
+            .peek(&id(&a))
+            .await
+            .expect("peek")
+            .expect("a is live");
+        assert_eq!(peeked.data, a.record.data);
+        let mut listed: Vec<_> = f.store.list(10).await.expect("list").into_iter().collect();
+        listed.sort_by_key(|(_, r)| r.data.clone());
+        let ids: Vec<_> = listed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, [id(&a), id(&b)]);
+        assert_eq!(listed[1].1.data, b.record.data);
+        assert_eq!(
+            f.store.list(1).await.expect("list").len(),
+            1,
+            "the limit holds"
+        );
+        // 35 s idle: peek and list refreshed nothing.
+        f.clock.advance(15);
+        assert!(f.store.peek(&id(&a)).await.expect("peek").is_none());
+        assert!(f.store.list(10).await.expect("list").is_empty());
+
+        let c = f.create(json!({"who": "c"})).await;
+        assert!(f.load(&c).await.is_some());
+        assert!(f.store.delete_id(&id(&c)).await.expect("delete"));
+        assert!(
+            f.load(&c).await.is_none(),
+            "deleted by id, gone for the proxy too"
+        );
+        assert!(!f.store.delete_id(&id(&c)).await.expect("delete"));
+    }
 }
 
 /// Declares every case for one store.
@@ -479,6 +532,7 @@ macro_rules! contract {
             case!(a_thousand_sessions_round_trip);
             case!(subject_is_stored_and_revocable);
             case!(purge_never_removes_live_sessions);
+            case!(operators_list_peek_and_delete_by_id, Some(30), None);
         }
     };
 }

@@ -697,8 +697,8 @@ mod common_store {
     use sessionward::clock::SystemClock;
     use sessionward::session::memory::MemoryStore;
     use sessionward::session::{
-        Capabilities, Edit, Handle, Keyed, Loaded, Record, SessionStore, StoreError, UpdateError,
-        Updated,
+        Capabilities, Edit, Handle, KeyHash, Keyed, Loaded, Record, SessionStore, StoreError,
+        UpdateError, Updated,
     };
 
     #[derive(Debug)]
@@ -770,6 +770,15 @@ mod common_store {
         }
         async fn purge(&self) -> Result<u64, StoreError> {
             self.inner.purge().await
+        }
+        async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+            self.inner.list(limit).await
+        }
+        async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+            self.inner.peek(id).await
+        }
+        async fn delete_id(&self, id: &KeyHash) -> Result<bool, StoreError> {
+            self.inner.delete_id(id).await
         }
         fn capabilities(&self) -> Capabilities {
             self.inner.capabilities()

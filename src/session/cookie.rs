@@ -67,8 +67,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::key::KEY_BYTES;
 use super::{
-    ApplyError, Capabilities, Edit, Handle, Loaded, Next, Record, SessionKey, SessionStore,
-    StoreError, UpdateError, Updated,
+    ApplyError, Capabilities, Edit, Handle, KeyHash, Loaded, Next, Record, SessionKey,
+    SessionStore, StoreError, UpdateError, Updated,
 };
 use crate::clock::Clock;
 use crate::config::{CookieStoreConfig, Secret};
@@ -394,11 +394,34 @@ impl SessionStore for CookieStore {
         Ok(0)
     }
 
+    async fn list(&self, _: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        Err(in_browsers("list"))
+    }
+
+    async fn peek(&self, _: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        Err(in_browsers("peek"))
+    }
+
+    async fn delete_id(&self, _: &KeyHash) -> Result<bool, StoreError> {
+        Err(in_browsers("delete"))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             revocable: false,
             subject_index: false,
         }
+    }
+}
+
+/// The cookie store cannot reach a session by id: each lives in its browser.
+fn in_browsers(op: &'static str) -> StoreError {
+    StoreError {
+        op,
+        message: "the cookie store keeps every session sealed in its browser's cookie: \
+                  the server holds none to list, show or delete (rotate signing.secret \
+                  to end them all)"
+            .into(),
     }
 }
 

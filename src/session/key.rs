@@ -92,6 +92,27 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
+impl KeyHash {
+    /// The full id in lower-case hex, as operators see it (`sessionward sessions`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`KeyHash::to_hex`]'s form (either case); anything else is `None`.
+    pub fn from_hex(text: &str) -> Option<KeyHash> {
+        // All hex digits: `from_str_radix` alone would take a "+" sign.
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(KeyHash(out))
+    }
+}
+
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#")?;
@@ -141,6 +162,23 @@ mod tests {
         let mut noncanon = good[..42].to_string();
         noncanon.push('B');
         assert!(SessionKey::parse(&noncanon).is_none());
+    }
+
+    #[test]
+    fn hex_ids_round_trip_and_nothing_else_parses() {
+        let id = SessionKey::generate().unwrap().hash();
+        let hex = id.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(KeyHash::from_hex(&hex), Some(id));
+        assert_eq!(KeyHash::from_hex(&hex.to_uppercase()), Some(id));
+        for bad in [
+            &hex[1..],
+            &format!("{hex}0"),
+            &hex.replace(&hex[..1], "g"),
+            "+1".repeat(32).as_str(),
+        ] {
+            assert!(KeyHash::from_hex(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

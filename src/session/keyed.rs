@@ -57,6 +57,10 @@ pub trait Backend: Send + Sync + Debug {
     async fn count(&self) -> Result<u64, StoreError>;
     /// Removes dead records; returns how many.
     async fn purge(&self) -> Result<u64, StoreError>;
+    /// Up to `limit` live records and their ids, untouched.
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError>;
+    /// The live record under `id`, untouched (no idle refresh).
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError>;
 }
 
 /// Stripes of write generations: enough that unrelated sessions rarely share one.
@@ -301,6 +305,21 @@ impl<B: Backend> SessionStore for Keyed<B> {
         self.backend.purge().await
     }
 
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        self.backend.list(limit).await
+    }
+
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        self.backend.peek(id).await
+    }
+
+    async fn delete_id(&self, id: &KeyHash) -> Result<bool, StoreError> {
+        self.forget(&[id]);
+        let deleted = self.backend.delete(id).await;
+        self.forget(&[id]);
+        deleted
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             revocable: true,
@@ -364,6 +383,12 @@ mod tests {
         }
         async fn purge(&self) -> Result<u64, StoreError> {
             self.inner.purge().await
+        }
+        async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+            self.inner.list(limit).await
+        }
+        async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+            self.inner.peek(id).await
         }
     }
 

@@ -278,6 +278,34 @@ impl Backend for MemoryStore {
         }
         Ok(n)
     }
+
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let live = shard
+                .map
+                .iter()
+                .filter(|(_, s)| s.record.is_live(now, self.idle))
+                .map(|(id, s)| (*id, s.record.clone()));
+            out.extend(live.take(limit - out.len()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        let now = self.clock.now();
+        let shard = self.shard(id);
+        Ok(shard
+            .map
+            .get(id)
+            .filter(|s| s.record.is_live(now, self.idle))
+            .map(|s| s.record.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -431,6 +431,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Removes expired sessions now; returns how many.
     async fn purge(&self) -> Result<u64, StoreError>;
 
+    /// Up to `limit` live sessions with their ids, in no set order, read
+    /// without refreshing them: for operators (`sessionward sessions list`).
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError>;
+
+    /// The live session under `id`, read without refreshing it.
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError>;
+
+    /// Deletes the session under `id`; true if a live one was there.
+    async fn delete_id(&self, id: &KeyHash) -> Result<bool, StoreError>;
+
     /// What this store promises.
     fn capabilities(&self) -> Capabilities;
 

@@ -636,7 +636,55 @@ impl Inner {
 
     /// Session keys under the prefix, index keys left out.
     async fn count(self: Arc<Self>) -> Result<u64, StoreError> {
-        const OP: &str = "count";
+        let mut total = 0;
+        self.scan("count", &mut |keys| {
+            total += keys.len() as u64;
+            true
+        })
+        .await?;
+        Ok(total)
+    }
+
+    /// Up to `limit` live sessions with their ids, each read with a GET.
+    async fn list(
+        self: Arc<Self>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        const OP: &str = "list";
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        self.scan(OP, &mut |found| {
+            let room = limit - keys.len();
+            keys.extend(found.into_iter().take(room));
+            keys.len() < limit
+        })
+        .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some(id) = KeyHash::from_hex(&key[self.prefix.len()..]) else {
+                continue;
+            };
+            // None: expired or deleted since the scan.
+            let Some(raw) = self.get(OP, &key).await? else {
+                continue;
+            };
+            match decode(&raw) {
+                Ok(record) if record.is_live(now, self.idle) => out.push((id, Arc::new(record))),
+                Ok(_) => {}
+                Err(e) => warn!(%id, error = %e, "list skipped a corrupt session value"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// SCANs the session keys under the prefix (on every master of a
+    /// cluster), handing each batch to `visit` until it returns false.
+    async fn scan(
+        &self,
+        op: &'static str,
+        visit: &mut (dyn FnMut(Vec<Vec<u8>>) -> bool + Send),
+    ) -> Result<(), StoreError> {
         let pattern = format!("{}*", glob_escape(&self.prefix));
         let scan = |cursor: &str| {
             let mut cmd = redis::cmd("SCAN");
@@ -647,14 +695,12 @@ impl Inner {
                 .arg(SCAN_BATCH);
             cmd
         };
-        let mut total = 0;
         let Conn::Cluster(cluster) = &self.conn else {
             let mut cursor = "0".to_owned();
             loop {
-                let (next, keys): (String, Vec<Vec<u8>>) = self.query(OP, scan(&cursor)).await?;
-                total += self.session_keys(&keys);
-                if next == "0" {
-                    return Ok(total);
+                let (next, keys): (String, Vec<Vec<u8>>) = self.query(op, scan(&cursor)).await?;
+                if !visit(self.session_keys(keys)) || next == "0" {
+                    return Ok(());
                 }
                 cursor = next;
             }
@@ -664,25 +710,27 @@ impl Inner {
         let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
         let first = scan("0");
         let replies = self
-            .bounded(OP, async { cluster.route_command(first, all).await })
+            .bounded(op, async { cluster.route_command(first, all).await })
             .await?;
         let Value::Map(replies) = replies else {
-            return Err(unexpected(OP, "SCAN on every master", &replies));
+            return Err(unexpected(op, "SCAN on every master", &replies));
         };
         for (node, reply) in replies {
             let node: String = redis::from_redis_value(node).map_err(|e| StoreError {
-                op: OP,
+                op,
                 message: format!("redis {}: a node address: {e}", self.target),
             })?;
             let (host, port) = node
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                 .ok_or_else(|| StoreError {
-                    op: OP,
+                    op,
                     message: format!("redis {}: unusable node address {node:?}", self.target),
                 })?;
-            let (mut cursor, keys) = scan_reply(OP, &self.target, reply)?;
-            total += self.session_keys(&keys);
+            let (mut cursor, keys) = scan_reply(op, &self.target, reply)?;
+            if !visit(self.session_keys(keys)) {
+                return Ok(());
+            }
             while cursor != "0" {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
@@ -690,25 +738,25 @@ impl Inner {
                 });
                 let cmd = scan(&cursor);
                 let reply = self
-                    .bounded(OP, async { cluster.route_command(cmd, route).await })
+                    .bounded(op, async { cluster.route_command(cmd, route).await })
                     .await?;
-                let (next, keys) = scan_reply(OP, &self.target, reply)?;
-                total += self.session_keys(&keys);
+                let (next, keys) = scan_reply(op, &self.target, reply)?;
+                if !visit(self.session_keys(keys)) {
+                    return Ok(());
+                }
                 cursor = next;
             }
         }
-        Ok(total)
+        Ok(())
     }
 
-    fn session_keys(&self, keys: &[Vec<u8>]) -> u64 {
-        let n = keys
-            .iter()
-            .filter(|k| {
-                k.strip_prefix(self.prefix.as_bytes())
-                    .is_some_and(is_hex_id)
-            })
-            .count();
-        n as u64
+    /// The keys that name sessions (prefix and 64 hex digits), not indexes.
+    fn session_keys(&self, mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        keys.retain(|k| {
+            k.strip_prefix(self.prefix.as_bytes())
+                .is_some_and(is_hex_id)
+        });
+        keys
     }
 }
 
@@ -1094,13 +1142,7 @@ impl Backend for RedisStore {
         let now = self.clock.now();
         let key = self.inner.key(id);
         let raw = self.run("load", self.inner.clone().fetch(key, now)).await?;
-        let Some(raw) = raw else {
-            return Ok(None);
-        };
-        let record = decode(&raw).map_err(|e| corrupt("load", id, &e))?;
-        Ok(record
-            .is_live(now, self.inner.idle)
-            .then(|| Arc::new(record)))
+        self.live("load", id, raw, now)
     }
 
     async fn create(&self, id: &KeyHash, record: Record) -> Result<Arc<Record>, StoreError> {
@@ -1186,6 +1228,39 @@ impl Backend for RedisStore {
     async fn purge(&self) -> Result<u64, StoreError> {
         // Redis expires every key by its TTL: there is nothing to sweep.
         Ok(0)
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        let now = self.clock.now();
+        self.run("list", self.inner.clone().list(limit, now)).await
+    }
+
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        let now = self.clock.now();
+        let (inner, key) = (self.inner.clone(), self.inner.key(id));
+        let raw = self
+            .run("peek", async move { inner.get("peek", &key).await })
+            .await?;
+        self.live("peek", id, raw, now)
+    }
+}
+
+impl RedisStore {
+    /// The record a stored value holds, if it is still live at `now`.
+    fn live(
+        &self,
+        op: &'static str,
+        id: &KeyHash,
+        raw: Option<Vec<u8>>,
+        now: i64,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let record = decode(&raw).map_err(|e| corrupt(op, id, &e))?;
+        Ok(record
+            .is_live(now, self.inner.idle)
+            .then(|| Arc::new(record)))
     }
 }
 

@@ -100,6 +100,10 @@ CREATE TABLE settings (name TEXT PRIMARY KEY, value INTEGER) STRICT;
 
 const SELECT: &str = "SELECT data, created_at, hard_expires_at, expiry_kind, expiry_secs, \
      seen_at, subject, version FROM sessions WHERE key_hash = ?1";
+/// Live rows in key order (the primary key's), the key last.
+const LIST: &str = "SELECT data, created_at, hard_expires_at, expiry_kind, expiry_secs, \
+     seen_at, subject, version, key_hash FROM sessions WHERE expires_at > ?1 \
+     ORDER BY key_hash LIMIT ?2";
 const INSERT: &str = "INSERT INTO sessions (key_hash, data, expires_at, created_at, subject, \
      hard_expires_at, expiry_kind, expiry_secs, seen_at, version) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1)";
@@ -874,6 +878,42 @@ impl Backend for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
         .await
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<(KeyHash, Arc<Record>)>, StoreError> {
+        const OP: &str = "list";
+        let now = self.clock.now();
+        let idle = self.idle;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(OP, move |conn| {
+            let mut stmt = conn.prepare_cached(LIST).map_err(sql_error(OP))?;
+            let mut rows = stmt.query(params![now, limit]).map_err(sql_error(OP))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_error(OP))? {
+                let id: Vec<u8> = row.get(8).map_err(sql_error(OP))?;
+                let Ok(id) = <[u8; 32]>::try_from(id) else {
+                    continue;
+                };
+                match decode(row) {
+                    Ok(stored) if stored.record.is_live(now, idle) => {
+                        out.push((KeyHash(id), Arc::new(stored.record)));
+                    }
+                    Ok(_) => {}
+                    Err(why) => warn!(id = %KeyHash(id), why, "list skipped a corrupt session"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn peek(&self, id: &KeyHash) -> Result<Option<Arc<Record>>, StoreError> {
+        let now = self.clock.now();
+        Ok(self
+            .fetch("peek", id)
+            .await?
+            .filter(|stored| stored.record.is_live(now, self.idle))
+            .map(|stored| Arc::new(stored.record)))
     }
 
     async fn purge(&self) -> Result<u64, StoreError> {
