@@ -92,6 +92,10 @@ pub struct RawLimits {
     /// longest a kept-alive connection may wait for its next request.
     #[serde(deserialize_with = "lenient")]
     pub header_read_timeout: f64,
+    /// Seconds a connection (HTTP/1 or HTTP/2) may go without a request in
+    /// flight before it is closed.
+    #[serde(deserialize_with = "lenient")]
+    pub idle_timeout: f64,
     /// Largest request head (request line and headers), in bytes; 431 beyond.
     #[serde(deserialize_with = "lenient")]
     pub max_header_bytes: i64,
@@ -110,6 +114,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: 65.0,
+            idle_timeout: 65.0,
             max_header_bytes: 65_536,
             max_cookie_bytes: 16_384,
             max_connections: 10_000,
@@ -833,6 +838,8 @@ pub struct Config {
 pub struct Limits {
     /// Time to send request headers; also the HTTP/1 keep-alive idle limit.
     pub header_read_timeout: Duration,
+    /// Time a connection may stay without a request in flight.
+    pub idle_timeout: Duration,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
     /// Largest `Cookie` header in bytes.
@@ -1391,6 +1398,7 @@ impl TryFrom<RawConfig> for Config {
         let l = &raw.limits;
         let limits = Limits {
             header_read_timeout: c.seconds("limits.header_read_timeout", l.header_read_timeout),
+            idle_timeout: c.seconds("limits.idle_timeout", l.idle_timeout),
             max_header_bytes: {
                 // hyper cannot read a request head into less than 8 KiB.
                 if l.max_header_bytes < 8192 {

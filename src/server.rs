@@ -15,18 +15,20 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
@@ -388,7 +390,14 @@ async fn serve_loop(mut worker: Worker) {
         // cancel before they are even served.
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024);
-    let graceful = GracefulShutdown::new();
+    let serving = Serving {
+        proxy: worker.proxy.clone(),
+        builder,
+        limits,
+        metrics: worker.metrics.clone(),
+        stopped: worker.stopped.clone(),
+    };
+    let drained = Arc::new(Notify::new());
     loop {
         let (stream, addr) = tokio::select! {
             biased;
@@ -407,37 +416,18 @@ async fn serve_loop(mut worker: Worker) {
             }
         };
         worker.metrics.connection();
-        let open = OpenGuard(worker.open.clone());
-        let screen = Screen {
-            max_head: limits.max_header_bytes,
-            first_request_timeout: limits.header_read_timeout,
-            metrics: worker.metrics.clone(),
-        };
-        let (proxy, builder, watcher) = (worker.proxy.clone(), builder.clone(), graceful.watcher());
+        let open = OpenGuard(worker.open.clone(), drained.clone());
+        let serving = serving.clone();
         match &worker.tls {
-            None => serve_connection(
-                stream,
-                Peer::new(addr, false),
-                proxy,
-                builder,
-                watcher,
-                open,
-                screen,
-            ),
+            None => serve_connection(stream, Peer::new(addr, false), serving, open),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => serve_connection(
-                            stream,
-                            Peer::new(addr, true),
-                            proxy,
-                            builder,
-                            watcher,
-                            open,
-                            screen,
-                        ),
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, Peer::new(addr, true), serving, open)
+                        }
                         Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%addr, "TLS handshake timed out"),
                     }
@@ -445,67 +435,184 @@ async fn serve_loop(mut worker: Worker) {
             }
         }
     }
-    let open = graceful.count();
-    debug!(open_connections = open, grace = ?worker.grace, "stopped accepting; draining");
-    tokio::select! {
-        _ = graceful.shutdown() => debug!("all connections drained"),
-        _ = tokio::time::sleep(worker.grace) => warn!("grace period over with connections still open; closing them"),
+    // Connections handed over but never taken: nobody will serve them.
+    worker.queue.close();
+    while let Ok((stream, _)) = worker.queue.try_recv() {
+        drop(stream);
+        worker.open.fetch_sub(1, Ordering::Relaxed);
     }
+    let open = worker.open.load(Ordering::Relaxed);
+    debug!(open_connections = open, grace = ?worker.grace, "stopped accepting; draining");
+    // Every connection saw the stop and is closing (GOAWAY, or
+    // `Connection: close` on its last answer); wait for them, up to the grace.
+    let deadline = tokio::time::Instant::now() + worker.grace;
+    while worker.open.load(Ordering::Relaxed) > 0 {
+        let notified = drained.notified();
+        if worker.open.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            warn!("grace period over with connections still open; closing them");
+            return;
+        }
+    }
+    debug!("all connections drained");
 }
 
-/// Counts a connection as open until it ends, for the acceptor's balancing.
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts a connection as open until it ends, for the acceptor's balancing
+/// and the drain at shutdown.
+struct OpenGuard(Arc<AtomicUsize>, Arc<Notify>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.notify_one();
     }
 }
 
 /// How long a client gets to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every connection's [`Screened`] needs.
-struct Screen {
-    max_head: usize,
-    first_request_timeout: Duration,
+/// What a worker gives every connection it serves.
+#[derive(Clone)]
+struct Serving {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: crate::config::Limits,
     metrics: Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on one
-/// connection, tracked for graceful shutdown. HTTP/1 bytes are screened
+/// connection until the client leaves, it stays idle past
+/// `limits.idle_timeout`, or the server stops. HTTP/1 bytes are screened
 /// for ambiguous framing before hyper reads them.
-fn serve_connection<I>(
-    io: I,
-    peer: Peer,
-    proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    open: OpenGuard,
-    screen: Screen,
-) where
+fn serve_connection<I>(io: I, peer: Peer, serving: Serving, open: OpenGuard)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let addr = peer.addr;
+    let Serving {
+        proxy,
+        builder,
+        limits,
+        metrics,
+        mut stopped,
+    } = serving;
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        let in_flight = requests.begin();
+        async move {
+            let resp = proxy.handle(req, peer).await;
+            // In flight until the last byte of the answer is out.
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                inner: body,
+                _in_flight: in_flight,
+            }))
+        }
     });
     tokio::spawn(async move {
         let io = Screened::new(
             io,
-            screen.max_head,
-            screen.first_request_timeout,
+            limits.max_header_bytes,
+            limits.header_read_timeout,
             addr,
-            screen.metrics,
+            metrics,
         );
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            debug!(%addr, error = %e, "connection ended with an error");
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        debug!(%addr, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = until_stopped(&mut stopped), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = activity.idle_for(limits.idle_timeout), if !closing => {
+                    debug!(%addr, "idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
         drop(open);
     });
+}
+
+/// A connection's requests in flight, and a wake-up on every change.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    changed: Notify,
+}
+
+impl Activity {
+    /// A request starts; it ends when the returned guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Returns once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            // A change between the check and the wait leaves a permit:
+            // the wait then ends at once and the check runs again.
+            let changed = self.changed.notified();
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                changed.await;
+            } else if tokio::time::timeout(timeout, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {

@@ -25,6 +25,7 @@ use tokio::time::timeout;
 const LIMITS: &str = "\
 limits:
   header_read_timeout: 1
+  idle_timeout: 1
   max_connections: 1000
   h2_max_concurrent_streams: 100
 ";
@@ -347,6 +348,63 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
         )
     });
     assert_eq!(h.new_client().get("/after").send().await.status, 200);
+}
+
+/// Reads frames until one matches `wanted` (true) or the connection ends or
+/// sends a GOAWAY first (false).
+async fn frame_before_goaway(
+    tcp: &mut TcpStream,
+    wanted: impl Fn(&common::H2Frame) -> bool,
+) -> bool {
+    while let Some(frame) = read_h2_frame(tcp).await {
+        if wanted(&frame) {
+            return true;
+        }
+        if frame.kind == H2_GOAWAY {
+            return false;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    let h = harness_with_limits().await;
+    let open = |path: &'static [u8], headers: Vec<(&'static [u8], &'static [u8])>| {
+        let addr = h.addr;
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let mut out = h2_preface();
+            out.extend(h2_request(1, H2_END_STREAM, "GET", path, &headers));
+            tcp.write_all(&out).await.unwrap();
+            tcp
+        }
+    };
+    // One connection answered and then quiet; one whose request the app
+    // holds for longer than the idle timeout.
+    let mut idle = open(b"/idle", vec![]).await;
+    let mut busy = open(b"/busy", vec![(b"x-reply-gate", b"busy")]).await;
+    let sent = Instant::now();
+    let answered = |f: &common::H2Frame| f.kind == common::H2_HEADERS && f.stream == 1;
+    assert!(
+        frame_before_goaway(&mut idle, answered).await,
+        "/idle answered"
+    );
+    let closed = timeout(
+        LIMIT_TIMEOUT + SLACK,
+        frame_before_goaway(&mut idle, |_| false),
+    )
+    .await
+    .expect("the idle connection is closed within the idle timeout");
+    assert!(!closed);
+    // Time passing is the point here: the held request outlives the idle
+    // timeout twice over, and its connection must stay up for its answer.
+    tokio::time::sleep_until((sent + 2 * LIMIT_TIMEOUT).into()).await;
+    h.upstream.open_gate("busy");
+    let got = timeout(DEADLINE, frame_before_goaway(&mut busy, answered))
+        .await
+        .expect("the held request is answered");
+    assert!(got, "the busy connection was closed before its answer");
 }
 
 // ---------------------------------------------------------------------------
