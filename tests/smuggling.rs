@@ -237,7 +237,7 @@ async fn obfuscated_transfer_encodings_are_refused() {
 }
 
 #[tokio::test]
-async fn header_names_with_spaces_and_stray_carriage_returns_are_refused() {
+async fn header_names_with_spaces_stray_carriage_returns_and_two_hosts_are_refused() {
     let h = Harness::start().await;
     let cases: Vec<(String, String)> = [
         ("space in a name", "Bad Header: x\r\n"),
@@ -248,6 +248,7 @@ async fn header_names_with_spaces_and_stray_carriage_returns_are_refused() {
         ("bare CR inside the head", "X-A: a\rContent-Length: 5\r\n"),
         ("NUL in a value", "X-A: a\x00b\r\n"),
         ("line without a colon", "Content-Length 5\r\n"),
+        ("a second Host", "Host: evil.test\r\n"),
     ]
     .iter()
     .map(|(case, head)| {
