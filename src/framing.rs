@@ -169,8 +169,8 @@ enum Progress {
     Partial(Chunk),
     /// The body ended after this many bytes.
     Done(usize),
-    /// The framing is broken.
-    Broken,
+    /// The framing is broken at this byte; the ones before it were fine.
+    Broken(usize),
 }
 
 /// What a checked head says about the bytes after it.
@@ -312,9 +312,14 @@ impl Framing {
                         at += used;
                         self.state = self.after_body();
                     }
-                    Progress::Broken => {
+                    Progress::Broken(good) => {
+                        // Released up to the break however the stream was cut.
+                        at += good;
                         self.state = State::Halted;
-                        return stop(Outcome::Halt);
+                        return Step {
+                            release: at,
+                            outcome: Outcome::Halt,
+                        };
                     }
                 },
             }
@@ -468,7 +473,7 @@ fn follow_chunks(mut chunk: Chunk, bytes: &[u8], max_trailers: usize) -> Progres
                         size,
                         line: line + 1,
                     },
-                    None => return Progress::Broken,
+                    None => return Progress::Broken(i - 1),
                 }
             }
             (Size { size, line } | SizeWs { size, line }, b' ' | b'\t', _) => SizeWs {
@@ -497,7 +502,7 @@ fn follow_chunks(mut chunk: Chunk, bytes: &[u8], max_trailers: usize) -> Progres
             (Trailer { total }, b'\r', _) => TrailerLf { total },
             (TrailerLf { total }, b'\n', _) => TrailerStart { total },
             (EndLf, b'\n', _) => return Progress::Done(i),
-            _ => return Progress::Broken,
+            _ => return Progress::Broken(i - 1),
         };
         let over = match chunk {
             Size { line, .. } | SizeWs { line, .. } | Extension { line, .. } => {
@@ -507,7 +512,7 @@ fn follow_chunks(mut chunk: Chunk, bytes: &[u8], max_trailers: usize) -> Progres
             _ => false,
         };
         if over {
-            return Progress::Broken;
+            return Progress::Broken(i - 1);
         }
     }
     Progress::Partial(chunk)
