@@ -17,7 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -499,7 +499,7 @@ where
         metrics,
         mut stopped,
     } = serving;
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let requests = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -548,32 +548,49 @@ where
     });
 }
 
-/// A connection's requests in flight, and a wake-up on every change.
-#[derive(Debug, Default)]
+/// A connection's requests in flight and when the last one ended. Read by
+/// a timer, never signalled: a request costs two atomic counts and a clock
+/// read, and no wake-up of the connection's task.
+#[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
-    changed: Notify,
+    /// Milliseconds from `born` to the end of the last request.
+    last_end: AtomicU64,
+    born: tokio::time::Instant,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
+        }
+    }
+
     /// A request starts; it ends when the returned guard drops.
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
-    /// Returns once no request has been in flight for `timeout`.
+    /// Returns once no request has been in flight for `timeout`. Checks
+    /// when the connection could first have been idle that long, so it ends
+    /// at most `timeout` after the last request (busy: a `timeout` later).
     async fn idle_for(&self, timeout: Duration) {
+        let mut wait = timeout;
         loop {
-            // A change between the check and the wait leaves a permit:
-            // the wait then ends at once and the check runs again.
-            let changed = self.changed.notified();
+            tokio::time::sleep(wait).await;
             if self.in_flight.load(Ordering::Relaxed) > 0 {
-                changed.await;
-            } else if tokio::time::timeout(timeout, changed).await.is_err() {
+                wait = timeout;
+                continue;
+            }
+            let ended = Duration::from_millis(self.last_end.load(Ordering::Relaxed));
+            let idle = self.born.elapsed().saturating_sub(ended);
+            if idle >= timeout {
                 return;
             }
+            wait = timeout - idle;
         }
     }
 }
@@ -584,8 +601,9 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let now = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_one();
     }
 }
 
@@ -618,4 +636,44 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     // An error means every sender is gone: nobody can stop us any more, so stop now.
     let _ = stopped.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_is_idle_after_the_timeout() {
+        let activity = Arc::new(Activity::new());
+        let start = Instant::now();
+        activity.idle_for(TIMEOUT).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_idle_and_the_clock_restarts_at_its_end() {
+        let activity = Arc::new(Activity::new());
+        let start = Instant::now();
+        let request = activity.begin();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(TIMEOUT).await }
+        });
+        // Three timeouts with the request open: still not idle.
+        tokio::time::sleep(3 * TIMEOUT + Duration::from_secs(3)).await;
+        assert!(!idle.is_finished());
+        drop(request);
+        let ended = Instant::now();
+        idle.await.unwrap();
+        assert!(
+            ended.elapsed() >= TIMEOUT,
+            "idle {:?} after the end",
+            ended.elapsed()
+        );
+        assert!(ended.elapsed() <= TIMEOUT + Duration::from_millis(1000));
+        assert!(start.elapsed() >= 4 * TIMEOUT);
+    }
 }
