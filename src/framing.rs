@@ -7,19 +7,22 @@
 //! sessionward forwards: request smuggling. So every byte of an HTTP/1
 //! connection passes [`Framing`] first. A head reaches hyper only once it is
 //! complete and unambiguous; bodies are followed to know where the next head
-//! starts; and a refused head never reaches hyper at all. hyper sees the
-//! connection end, finishes the responses it owes to earlier requests, and
-//! the refusal (400 or 431, `Connection: close`) is written as the
-//! connection shuts down.
+//! starts; and a refused head never reaches hyper at all. Once the requests
+//! before it are answered, hyper sees the connection end, and the refusal
+//! (400 or 431, `Connection: close`) is written as the connection shuts down.
 //!
 //! [`Screened`] is the I/O side: it sits between the socket (or TLS stream)
 //! and hyper, and passes HTTP/2 and upgraded connections through untouched.
+//! [`Answers`] is what the service tells it: which requests are answered,
+//! and whether one was answered 101 (the connection then belongs to the new
+//! protocol).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -36,6 +39,9 @@ pub const MAX_HEADERS: usize = 100;
 
 /// What an HTTP/2 connection starts with (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Empty lines tolerated before a request line.
+const MAX_EMPTY_LINES: usize = 4;
 
 /// Longest chunk-size line (digits, whitespace and extensions): hyper's limit too.
 const MAX_CHUNK_LINE: usize = 16 * 1024;
@@ -116,8 +122,9 @@ enum State {
     Fixed(u64),
     /// A chunked body.
     Chunked(Chunk),
-    /// An upgrade request is out; nothing is read until it is answered.
-    AwaitAnswer,
+    /// An upgrade request is out (the connection's request number so
+    /// many); nothing is read until it is answered.
+    AwaitAnswer(u64),
     /// Bytes pass unchecked: HTTP/2, or a connection that switched protocols.
     Passthrough,
     /// The read side ended (refused head, broken body).
@@ -178,9 +185,9 @@ enum Progress {
 struct Head {
     /// `None` for chunked, else the Content-Length (0 without one).
     length: Option<u64>,
-    /// The request may switch protocols (`Upgrade`, `CONNECT`).
+    /// The request may switch protocols (`Upgrade`; sessionward never
+    /// answers `CONNECT` with a 2xx, so that one never switches).
     upgrade: bool,
-    connect: bool,
 }
 
 /// The framing state of one HTTP/1 connection, fed every byte a client sends.
@@ -190,7 +197,8 @@ pub struct Framing {
     max_head: usize,
     /// The request being read asked to switch protocols.
     upgrade: bool,
-    connect: bool,
+    /// Heads released so far: the number of the next request.
+    heads: u64,
 }
 
 impl Framing {
@@ -200,7 +208,7 @@ impl Framing {
             state: State::Start,
             max_head,
             upgrade: false,
-            connect: false,
+            heads: 0,
         }
     }
 
@@ -209,26 +217,28 @@ impl Framing {
         self.state == State::Passthrough
     }
 
-    /// Whether an upgrade request waits for its answer.
-    pub fn awaits_answer(&self) -> bool {
-        self.state == State::AwaitAnswer
+    /// The number (from 0) of the upgrade request that waits for its answer.
+    pub fn awaits_answer(&self) -> Option<u64> {
+        match self.state {
+            State::AwaitAnswer(request) => Some(request),
+            _ => None,
+        }
     }
 
-    /// The answer to an upgrade request began with `status_line`: a switch
-    /// (101, or 2xx to `CONNECT`) hands the connection to the new protocol,
-    /// a final status goes back to HTTP/1 framing, another 1xx keeps waiting.
-    pub fn answered(&mut self, status_line: &[u8]) {
-        if self.state != State::AwaitAnswer {
-            return;
-        }
-        let Some(status) = status_line.get(9..12) else {
-            return;
-        };
-        let switched = status == b"101" || (self.connect && status[0] == b'2');
-        if switched {
-            self.state = State::Passthrough;
-        } else if status[0] != b'1' {
-            self.state = State::Head { scanned: 0 };
+    /// How many request heads were released.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
+    /// The upgrade request was answered: with 101 the connection belongs to
+    /// the new protocol, otherwise HTTP/1 framing goes on.
+    pub fn answered(&mut self, switched: bool) {
+        if self.awaits_answer().is_some() {
+            self.state = if switched {
+                State::Passthrough
+            } else {
+                State::Head { scanned: 0 }
+            };
         }
     }
 
@@ -250,7 +260,7 @@ impl Framing {
                     };
                 }
                 State::Halted => return stop(Outcome::Halt),
-                State::AwaitAnswer => return stop(Outcome::Wait),
+                State::AwaitAnswer(_) => return stop(Outcome::Wait),
                 _ if rest.is_empty() => return stop(Outcome::More),
                 State::Start => {
                     let n = rest.len().min(H2_PREFACE.len());
@@ -282,8 +292,8 @@ impl Framing {
                         }
                         Ok(Some((end, head))) => {
                             at += end;
+                            self.heads += 1;
                             self.upgrade = head.upgrade;
-                            self.connect = head.connect;
                             self.state = match head.length {
                                 None => State::Chunked(Chunk::Start),
                                 Some(0) => self.after_body(),
@@ -328,7 +338,7 @@ impl Framing {
 
     fn after_body(&self) -> State {
         if self.upgrade {
-            State::AwaitAnswer
+            State::AwaitAnswer(self.heads - 1)
         } else {
             State::Head { scanned: 0 }
         }
@@ -343,9 +353,13 @@ fn find_head_end(head: &[u8], scanned: usize, max_head: usize) -> Result<Option<
     // by httparse too.
     let lead = head
         .chunks_exact(2)
+        .take(MAX_EMPTY_LINES + 1)
         .take_while(|pair| *pair == b"\r\n")
-        .count()
-        * 2;
+        .count();
+    if lead > MAX_EMPTY_LINES {
+        return Err(Refusal::bad("too many empty lines before the request"));
+    }
+    let lead = lead * 2;
     for i in scanned..head.len() {
         match head[i] {
             b'\n' if i == 0 || head[i - 1] != b'\r' => {
@@ -417,7 +431,6 @@ fn check_head(head: &[u8]) -> Result<Head, Refusal> {
         0 | 1 => {}
         _ => return Err(Refusal::bad("more than one Host")),
     }
-    let connect = req.method == Some("CONNECT");
     Ok(Head {
         length: if chunked {
             None
@@ -425,8 +438,7 @@ fn check_head(head: &[u8]) -> Result<Head, Refusal> {
             Some(length.unwrap_or(0))
         },
         // hyper hands over the connection for any HTTP/1.1 `Upgrade` answered 101.
-        upgrade: (upgrade && !http10) || connect,
-        connect,
+        upgrade: upgrade && !http10,
     })
 }
 
@@ -518,22 +530,88 @@ fn follow_chunks(mut chunk: Chunk, bytes: &[u8], max_trailers: usize) -> Progres
     Progress::Partial(chunk)
 }
 
+/// What the service tells [`Screened`] about the requests it answers.
+/// hyper serves an HTTP/1 connection's requests one at a time, in order, so
+/// the service's n-th request is the n-th head the framing released.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// Requests the service has taken.
+    taken: AtomicU64,
+    /// Requests whose answer's head is known.
+    decided: AtomicU64,
+    /// Requests whose answer is complete (its body sent or dropped).
+    finished: AtomicU64,
+    /// 1 + the number of the request answered 101; 0 for none.
+    switched: AtomicU64,
+    /// Set while [`Screened`] waits for one of the above to move.
+    waiting: AtomicBool,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Answers {
+    /// The service takes the next request; returns its number.
+    pub fn take(&self) -> u64 {
+        self.taken.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Request `number` is answered; `switched` if with 101.
+    pub fn decide(&self, number: u64, switched: bool) {
+        if switched {
+            self.switched.store(number + 1, Ordering::SeqCst);
+        }
+        self.decided.fetch_max(number + 1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// One more answer is complete.
+    pub fn finish(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // No lock on the request path unless the reader is parked.
+        if self.waiting.swap(false, Ordering::SeqCst)
+            && let Some(waker) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// Parks the reader until the next change; false if `ready` already holds
+    /// (checked again after parking, so no change is missed).
+    fn park(&self, cx: &Context<'_>, ready: impl Fn(&Self) -> bool) -> bool {
+        if ready(self) {
+            return false;
+        }
+        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        self.waiting.store(true, Ordering::SeqCst);
+        !ready(self)
+    }
+
+    /// Whether request `number` is answered, and if so whether with 101.
+    fn answer(&self, number: u64) -> Option<bool> {
+        (self.decided.load(Ordering::SeqCst) > number)
+            .then(|| self.switched.load(Ordering::SeqCst) == number + 1)
+    }
+}
+
 /// A client connection whose HTTP/1 bytes reach hyper only once [`Framing`]
 /// has checked them; HTTP/2 and upgraded connections pass through.
 pub struct Screened<I> {
     inner: I,
     framing: Framing,
+    answers: Arc<Answers>,
     /// Bytes read but not handed over: an unfinished head, or what follows
     /// an upgrade request until its answer.
     held: BytesMut,
     /// How many bytes at the front of `held` are checked and ready.
     ready: usize,
-    /// The read side is over: hyper gets end-of-file.
+    /// The read side is over: hyper gets end-of-file (after the answers
+    /// owed, when a head was refused).
     ended: bool,
-    /// hyper waits to read while an upgrade request waits for its answer.
-    reader: Option<Waker>,
     /// `held` holds bytes not fed to the framing yet (they followed an
-    /// upgrade request that was then refused).
+    /// upgrade request that was then answered without switching).
     unfed: bool,
     /// The refusal still to be written before the connection shuts down.
     reply: Option<Bytes>,
@@ -549,6 +627,7 @@ impl<I> Screened<I> {
     /// HTTP/2 preface) within `first_request_timeout` is disconnected.
     pub fn new(
         inner: I,
+        answers: Arc<Answers>,
         max_head: usize,
         first_request_timeout: Duration,
         peer: SocketAddr,
@@ -557,10 +636,10 @@ impl<I> Screened<I> {
         Screened {
             inner,
             framing: Framing::new(max_head),
+            answers,
             held: BytesMut::new(),
             ready: 0,
             ended: false,
-            reader: None,
             unfed: false,
             reply: None,
             first_request: Some(Box::pin(tokio::time::sleep(first_request_timeout))),
@@ -587,19 +666,6 @@ impl<I> Screened<I> {
             }
         }
     }
-
-    /// Looks at what hyper writes while an upgrade request waits for its answer.
-    fn note_answer(&mut self, data: &[u8]) {
-        if self.framing.awaits_answer() && !data.is_empty() {
-            self.framing.answered(data);
-            if !self.framing.awaits_answer() {
-                self.unfed = !self.held.is_empty();
-                if let Some(waker) = self.reader.take() {
-                    waker.wake();
-                }
-            }
-        }
-    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
@@ -610,6 +676,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let start = buf.filled().len();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if buf.filled().len() > start {
                 this.first_request = None;
@@ -623,6 +692,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
                 continue;
             }
             if this.ended {
+                // A refusal waits until every released request is answered:
+                // end-of-file in the middle of one would cut its answer off.
+                let owed = this.framing.heads();
+                if this.reply.is_some()
+                    && this
+                        .answers
+                        .park(cx, |a| a.finished.load(Ordering::SeqCst) >= owed)
+                {
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.framing.passes_all() {
@@ -633,9 +712,20 @@ impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
                 this.first_request = None;
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            if this.framing.awaits_answer() {
-                this.reader = Some(cx.waker().clone());
-                return Poll::Pending;
+            if let Some(request) = this.framing.awaits_answer() {
+                match this.answers.answer(request) {
+                    Some(switched) => {
+                        this.framing.answered(switched);
+                        this.unfed = !this.held.is_empty();
+                        continue;
+                    }
+                    None => {
+                        if this.answers.park(cx, |a| a.answer(request).is_some()) {
+                            return Poll::Pending;
+                        }
+                        continue;
+                    }
+                }
             }
             if this.unfed {
                 this.unfed = false;
@@ -686,9 +776,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Screened<I> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.note_answer(data);
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -696,11 +784,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Screened<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-            this.note_answer(first);
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -934,34 +1018,53 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_waits_for_its_answer() {
+    fn an_upgrade_waits_for_its_own_answer() {
         let upgrade =
             b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
         let after = b"\x81\x05hello";
-        let bytes = [&upgrade[..], after].concat();
+        let bytes = [GET, &upgrade[..], after].concat();
         let mut f = Framing::new(8192);
         assert_eq!(
             f.feed(&bytes),
             Step {
-                release: upgrade.len(),
+                release: GET.len() + upgrade.len(),
                 outcome: Outcome::Wait
             }
         );
-        f.answered(b"HTTP/1.1 100 Continue\r\n");
-        assert!(
+        assert_eq!(
             f.awaits_answer(),
-            "an informational answer is not the answer"
+            Some(1),
+            "the second request is the upgrade"
         );
-        f.answered(b"HTTP/1.1 101 Switching Protocols\r\n");
+        f.answered(true);
         assert_eq!(f.feed(after).release, after.len());
 
         let mut f = Framing::new(8192);
         f.feed(upgrade);
-        f.answered(b"HTTP/1.1 200 OK\r\n");
-        assert!(!f.awaits_answer() && !f.passes_all());
+        f.answered(false);
+        assert!(f.awaits_answer().is_none() && !f.passes_all());
         assert_eq!(
             f.feed(b"GET / HTTP/1.1\nHost: a\n\n").outcome,
             Outcome::Refuse(Refusal::bad("bare LF line ending"))
+        );
+        // CONNECT never switches here: sessionward answers it 405.
+        let mut f = Framing::new(8192);
+        assert_eq!(
+            f.feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n").outcome,
+            Outcome::More
+        );
+        assert!(f.awaits_answer().is_none());
+    }
+
+    #[test]
+    fn many_empty_lines_before_a_request_are_refused() {
+        let mut bytes = b"\r\n".repeat(MAX_EMPTY_LINES);
+        bytes.extend_from_slice(GET);
+        assert_eq!(feed_all(&bytes).release, bytes.len());
+        let more = [&b"\r\n"[..], &bytes].concat();
+        assert_eq!(
+            refused(&more).reason,
+            "too many empty lines before the request"
         );
     }
 
@@ -979,15 +1082,42 @@ mod tests {
     fn screened(
         io: tokio::io::DuplexStream,
         timeout: Duration,
-    ) -> Screened<tokio::io::DuplexStream> {
+    ) -> (Screened<tokio::io::DuplexStream>, Arc<Answers>) {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        Screened::new(io, 8192, timeout, peer, Arc::new(Metrics::default()))
+        let answers = Arc::new(Answers::default());
+        let io = Screened::new(
+            io,
+            answers.clone(),
+            8192,
+            timeout,
+            peer,
+            Arc::new(Metrics::default()),
+        );
+        (io, answers)
     }
 
-    #[tokio::test]
-    async fn screened_hands_over_checked_bytes_and_writes_the_refusal_on_shutdown() {
+    /// What the service does for one request: take it, answer it, finish.
+    fn serve(answers: &Answers, status: u16) {
+        let n = answers.take();
+        answers.decide(n, status == 101);
+        answers.finish();
+    }
+
+    /// Whether a read completes before the (paused) clock moves on.
+    async fn reads<R: AsyncRead + Unpin>(io: &mut R) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn screened_hands_over_checked_bytes_and_refuses_after_the_answers_owed() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut io = screened(server, Duration::from_secs(60));
+        let (mut io, answers) = screened(server, Duration::from_secs(60));
         // A good request in two writes, then a bad one.
         client.write_all(&GET[..7]).await.unwrap();
         client.write_all(&GET[7..]).await.unwrap();
@@ -995,12 +1125,18 @@ mod tests {
             .write_all(b"GET /evil HTTP/1.1\nHost: a\n\n")
             .await
             .unwrap();
-        let mut seen = Vec::new();
-        io.read_to_end(&mut seen).await.unwrap();
-        assert_eq!(seen, GET, "the refused head never reaches the reader");
+        assert_eq!(reads(&mut io).await.as_deref(), Some(GET));
+        // Its answer is not out yet: no end-of-file that would cut it off.
+        assert_eq!(reads(&mut io).await, None);
         io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();
+        serve(&answers, 200);
+        assert_eq!(
+            reads(&mut io).await.as_deref(),
+            Some(&b""[..]),
+            "now end-of-file"
+        );
         io.shutdown().await.unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -1013,9 +1149,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn screened_switches_only_on_the_upgrades_own_101() {
+        let upgrade =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let frames = b"\x81\x05hello\nGET /x HTTP/1.1\n\n";
+        for switch in [true, false] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (mut io, answers) = screened(server, Duration::from_secs(60));
+            client
+                .write_all(&[GET, &upgrade[..], frames].concat())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < GET.len() + upgrade.len() {
+                got.extend(reads(&mut io).await.expect("the two heads"));
+            }
+            assert_eq!(got, [GET, &upgrade[..]].concat());
+            // The first request's answer says nothing about the upgrade.
+            serve(&answers, 200);
+            assert_eq!(reads(&mut io).await, None, "switch {switch}: still waiting");
+            serve(&answers, if switch { 101 } else { 426 });
+            let next = reads(&mut io).await.expect("decided");
+            if switch {
+                assert_eq!(next, frames, "the new protocol's bytes pass as they are");
+            } else {
+                assert_eq!(next, b"", "HTTP/1 again: the bare-LF head is refused");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_silent_connection_times_out_before_its_first_request() {
         let (_client, server) = tokio::io::duplex(1024);
-        let mut io = screened(server, Duration::from_secs(5));
+        let (mut io, _) = screened(server, Duration::from_secs(5));
         let mut buf = [0u8; 16];
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -1024,7 +1190,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_the_first_request_the_timer_is_hypers() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut io = screened(server, Duration::from_secs(5));
+        let (mut io, _) = screened(server, Duration::from_secs(5));
         client.write_all(GET).await.unwrap();
         let mut buf = [0u8; 256];
         assert_eq!(io.read(&mut buf).await.unwrap(), GET.len());

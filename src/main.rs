@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         action: SessionsAction,
     },
+    /// Same as `sessions --config FILE purge` (kept for existing scripts).
+    #[command(hide = true)]
+    Purge {
+        /// The YAML configuration file.
+        #[arg(short, long, env = "SESSIONWARD_CONFIG")]
+        config: PathBuf,
+    },
     /// Start the proxy in front of a built-in demo app, with the in-memory store.
     Demo {
         /// Where the proxy listens.
@@ -64,11 +71,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SessionsAction {
-    /// One line per live session: id, subject, created, last seen, expires, bytes.
+    /// One line per live session: id, subject, created, last seen, expires,
+    /// bytes; oldest first.
     List {
-        /// Stop after this many sessions.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
+        /// At most this many (any of them when there are more; SQLite takes
+        /// them in id order, Redis in its scan order).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -96,6 +105,9 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(runtime().and_then(|rt| rt.block_on(run(config)))),
         Command::Demo { listen } => report(runtime().and_then(|rt| rt.block_on(demo(listen)))),
+        Command::Purge { config } => {
+            report(runtime().and_then(|rt| rt.block_on(sessions(config, SessionsAction::Purge))))
+        }
         Command::Sessions { config, action } => {
             report(runtime().and_then(|rt| rt.block_on(sessions(config, action))))
         }
@@ -114,7 +126,11 @@ async fn sessions(path: PathBuf, action: SessionsAction) -> anyhow::Result<()> {
     let idle = config.session.idle_timeout;
     match action {
         SessionsAction::List { limit, json } => {
-            let mut listed = store.list(limit).await?;
+            let limit = limit as usize;
+            // One more than shown tells whether there are more.
+            let mut listed = store.list(limit + 1).await?;
+            let more = listed.len() > limit;
+            listed.truncate(limit);
             listed.sort_by_key(|(_, r)| r.created_at);
             if !json {
                 println!(
@@ -141,8 +157,8 @@ async fn sessions(path: PathBuf, action: SessionsAction) -> anyhow::Result<()> {
                     );
                 }
             }
-            if listed.len() == limit {
-                eprintln!("(stopped at --limit {limit})");
+            if more {
+                eprintln!("(more than {limit} live sessions; --limit shows more)");
             }
         }
         SessionsAction::Show { id } => {

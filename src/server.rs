@@ -36,7 +36,7 @@ use crate::admin::{self, Admin};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::framing::Screened;
+use crate::framing::{Answers, Screened};
 use crate::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::session::SessionStore;
@@ -373,11 +373,7 @@ async fn serve_loop(mut worker: Worker) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        // A client may close its sending side once its request is out (and
-        // a refused head looks the same to hyper): answers already owed are
-        // still written.
-        .half_close(true);
+        .max_buf_size(limits.max_header_bytes);
     // hyper's 16 KB default would refuse the cookie store's own chunked
     // cookies (up to 4 x 3,800 bytes) next to the app's cookies; HTTP/1
     // already allows more.
@@ -447,14 +443,14 @@ async fn serve_loop(mut worker: Worker) {
     // `Connection: close` on its last answer); wait for them, up to the grace.
     let deadline = tokio::time::Instant::now() + worker.grace;
     while worker.open.load(Ordering::Relaxed) > 0 {
-        let notified = drained.notified();
-        if worker.open.load(Ordering::Relaxed) == 0 {
-            break;
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
             warn!("grace period over with connections still open; closing them");
             return;
         }
+        // A closing connection notifies; the re-check every 100 ms covers a
+        // hand-over the acceptor took back, which does not.
+        let notified = drained.notified();
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
     }
     debug!("all connections drained");
 }
@@ -500,13 +496,20 @@ where
         mut stopped,
     } = serving;
     let activity = Arc::new(Activity::new());
-    let requests = activity.clone();
+    let answers = Arc::new(Answers::default());
+    let (requests, answered) = (activity.clone(), answers.clone());
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let peer = peer.clone();
-        let in_flight = requests.begin();
+        // Taken in the order hyper hands requests over, before any await.
+        let number = answered.take();
+        let in_flight = requests.begin(answered.clone());
         async move {
             let resp = proxy.handle(req, peer).await;
+            in_flight.answers.decide(
+                number,
+                resp.status() == http::StatusCode::SWITCHING_PROTOCOLS,
+            );
             // In flight until the last byte of the answer is out.
             Ok::<_, Infallible>(resp.map(|body| Tracked {
                 inner: body,
@@ -517,6 +520,7 @@ where
     tokio::spawn(async move {
         let io = Screened::new(
             io,
+            answers,
             limits.max_header_bytes,
             limits.header_read_timeout,
             addr,
@@ -569,9 +573,12 @@ impl Activity {
     }
 
     /// A request starts; it ends when the returned guard drops.
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>, answers: Arc<Answers>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            answers,
+        }
     }
 
     /// Returns once no request has been in flight for `timeout`. Checks
@@ -595,15 +602,20 @@ impl Activity {
     }
 }
 
-/// One request in flight on a connection.
+/// One request in flight on a connection; its answer is complete when this drops.
 #[derive(Debug)]
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    answers: Arc<Answers>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_end.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.activity;
+        let now = u64::try_from(a.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.last_end.store(now, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.answers.finish();
     }
 }
 
@@ -657,7 +669,7 @@ mod tests {
     async fn a_request_in_flight_is_never_idle_and_the_clock_restarts_at_its_end() {
         let activity = Arc::new(Activity::new());
         let start = Instant::now();
-        let request = activity.begin();
+        let request = activity.begin(Arc::new(Answers::default()));
         let idle = tokio::spawn({
             let activity = activity.clone();
             async move { activity.idle_for(TIMEOUT).await }

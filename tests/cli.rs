@@ -343,6 +343,13 @@ async fn sessions_list_show_and_delete_act_on_the_running_proxys_store() {
     assert!(ann_line.ends_with("user:7"), "{ann_line}");
     assert!(lines.iter().any(|l| l.starts_with(&other_id)), "{table}");
 
+    let (code, one, err) = sessions_cli(&path, &["list", "--limit", "1"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(one.lines().count(), 2, "the header and one session: {one}");
+    assert!(err.contains("more than 1 live sessions"), "{err}");
+    let (_, _, err) = sessions_cli(&path, &["list", "--limit", "2"]);
+    assert!(!err.contains("more than"), "all shown: {err}");
+
     let (code, json_lines, _) = sessions_cli(&path, &["list", "--json"]);
     assert_eq!(code, Some(0));
     let mut ids: Vec<String> = json_lines

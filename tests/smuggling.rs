@@ -125,6 +125,29 @@ async fn a_refused_request_is_answered_after_the_requests_before_it() {
 }
 
 #[tokio::test]
+async fn a_connect_behind_a_pipelined_request_does_not_turn_checking_off() {
+    // The first request's 200 is not the CONNECT's answer, and the CONNECT's
+    // own answer (405) switches nothing: the bare-LF request is refused, or
+    // the connection closed (what hyper does after a CONNECT it did not
+    // tunnel); it never reaches the app.
+    let h = Harness::start().await;
+    let request = format!(
+        "GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n\
+         CONNECT app.test:443 HTTP/1.1\r\nHost: app.test\r\n\r\n\
+         GET /second HTTP/1.1\nHost: app.test\n\n{SMUGGLED}"
+    );
+    let (answer, seen) = attempt(&h, &request).await;
+    let statuses = answer.statuses();
+    assert!(
+        statuses == [200, 405] || statuses == [200, 405, 400],
+        "{}",
+        answer.text()
+    );
+    assert!(answer.closed);
+    assert_eq!(paths(&seen), ["/first"]);
+}
+
+#[tokio::test]
 async fn a_refused_upgrade_goes_back_to_checked_framing() {
     // The app answers an upgrade request with 200, not 101. Whether the
     // connection then goes on (the next request checked like any other, so

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{DEADLINE, Harness, UpBody, Upstream, full};
+use common::{DEADLINE, Harness, UpBody, Upstream, full, read_response};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -173,21 +173,16 @@ fn websocket_upstream() -> common::Handler {
     })
 }
 
-#[tokio::test]
-async fn websocket_upgrade_tunnels_with_the_session_token() {
-    let h = Harness::build(
-        Upstream::with_handler(websocket_upstream()).await,
-        |_| {},
-        None,
-    )
-    .await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Session: forged\r\n\r\n",
-    )
-    .await
-    .unwrap();
+/// A proxy in front of [`websocket_upstream`], and a connection to it.
+async fn websocket_harness() -> (Harness, TcpStream) {
+    let upstream = Upstream::with_handler(websocket_upstream()).await;
+    let h = Harness::build(upstream, |_| {}, None).await;
+    let tcp = TcpStream::connect(h.addr).await.unwrap();
+    (h, tcp)
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(tcp: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -197,6 +192,19 @@ async fn websocket_upgrade_tunnels_with_the_session_token() {
             .unwrap();
         head.push(byte[0]);
     }
+    head
+}
+
+#[tokio::test]
+async fn websocket_upgrade_tunnels_with_the_session_token() {
+    let (h, mut tcp) = websocket_harness().await;
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Session: forged\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut tcp).await;
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
@@ -217,6 +225,36 @@ async fn websocket_upgrade_tunnels_with_the_session_token() {
     assert_eq!(rec.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
     let claims = h.claims_of(&rec);
     assert_eq!(claims.path, "/ws");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_behind_a_pipelined_request_still_tunnels() {
+    // The request before the upgrade gets its own answer (400 from this
+    // upstream); only the upgrade's 101 hands the connection over, and the
+    // tunnel bytes the client sent early pass through as they are.
+    let (h, mut tcp) = websocket_harness().await;
+    tcp.write_all(
+        b"GET /before HTTP/1.1\r\nHost: app\r\n\r\n\
+          GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+          hello\ntunnel",
+    )
+    .await
+    .unwrap();
+    let (first, _) = read_response(&mut tcp).await;
+    assert!(first.starts_with("http/1.1 400"), "{first}");
+    let head = read_head(&mut tcp).await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut echoed = [0u8; 12];
+    timeout(DEADLINE, tcp.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"HELLO\nTUNNEL");
 }
 
 #[tokio::test]
