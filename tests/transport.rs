@@ -232,7 +232,7 @@ async fn websocket_upgrade_behind_a_pipelined_request_still_tunnels() {
     // The request before the upgrade gets its own answer (400 from this
     // upstream); only the upgrade's 101 hands the connection over, and the
     // tunnel bytes the client sent early pass through as they are.
-    let (h, mut tcp) = websocket_harness().await;
+    let (_proxy, mut tcp) = websocket_harness().await;
     tcp.write_all(
         b"GET /before HTTP/1.1\r\nHost: app\r\n\r\n\
           GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
