@@ -491,3 +491,44 @@ async fn a_second_server_on_the_same_address_fails_to_start() {
         "the first one keeps serving"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_cancels_the_upstream_call() {
+    // An app that reads the request, never answers, and reports when the
+    // proxy hangs up on it. The upstream timeout (60 s) is far away: only
+    // noticing that the client left can end the call within the deadline.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (got_request, request_seen) = tokio::sync::oneshot::channel();
+    let (hung_up, proxy_hung_up) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = app.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = got_request.send(());
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = hung_up.send(());
+    });
+    let h = Harness::with(|c| c.upstream = Some(format!("http://{app_addr}"))).await;
+    let mut client = TcpStream::connect(h.addr).await.unwrap();
+    client
+        .write_all(b"GET /never HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    timeout(DEADLINE, request_seen).await.unwrap().unwrap();
+    drop(client);
+    timeout(DEADLINE, proxy_hung_up)
+        .await
+        .expect("the proxy gave up the upstream call when its client left")
+        .unwrap();
+}
