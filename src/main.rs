@@ -93,6 +93,12 @@ enum SessionsAction {
         /// The session's id (64 hex digits) or cookie value.
         id: String,
     },
+    /// Deletes every session of one subject (what the app set with
+    /// `X-Session-Subject`): a user logged out everywhere at once.
+    RevokeSubject {
+        /// The subject, for example a user id.
+        subject: String,
+    },
     /// Removes expired sessions now (SQLite sweeps them every
     /// `purge_interval` too; Redis and the cookie store need no sweeping).
     Purge,
@@ -175,6 +181,10 @@ async fn sessions(path: PathBuf, action: SessionsAction) -> anyhow::Result<()> {
                 anyhow::bail!("no live session with id {}", id.to_hex());
             }
             println!("deleted session {}", id.to_hex());
+        }
+        SessionsAction::RevokeSubject { subject } => {
+            let n = store.revoke_subject(&subject).await?;
+            println!("revoked {n} session(s) of {subject:?}");
         }
         SessionsAction::Purge => {
             let purged = store.purge().await?;

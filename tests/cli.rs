@@ -377,6 +377,20 @@ async fn sessions_list_show_and_delete_act_on_the_running_proxys_store() {
         assert_eq!(v["bytes"], 10);
     }
 
+    // A subject's sessions, all at once; ann's (user:7) stays.
+    let second = Client::new(h.addr);
+    second
+        .post("/login")
+        .update(r#"{"user":8}"#)
+        .reply("x-session-subject", "user:8")
+        .send()
+        .await;
+    let (code, out, err) = sessions_cli(&path, &["revoke-subject", "user:8"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "revoked 1 session(s) of \"user:8\"");
+    let (code, _, _) = sessions_cli(&path, &["show", &id_of(&second)]);
+    assert_eq!(code, Some(1), "revoked");
+
     // Deleted from outside: the running proxy no longer knows the cookie.
     let (code, out, err) = sessions_cli(&path, &["delete", &ann_id]);
     assert_eq!(code, Some(0), "{err}");
