@@ -399,6 +399,21 @@ impl<'a> Columns<'a> {
             seen_at: record.seen_at,
         })
     }
+
+    /// The row under `key`: the values of ?1 to ?9 of `INSERT` and `UPDATE_IF`.
+    fn row<'b>(&'b self, key: &'b KeyHash) -> [&'b dyn rusqlite::ToSql; 9] {
+        [
+            &key.0,
+            &self.data,
+            &self.deadline,
+            &self.created_at,
+            &self.subject,
+            &self.hard_expires_at,
+            &self.expiry_kind,
+            &self.expiry_secs,
+            &self.seen_at,
+        ]
+    }
 }
 
 fn select(
@@ -457,18 +472,7 @@ fn insert(
 ) -> Result<(), StoreError> {
     let c = Columns::of(record, idle).map_err(|message| StoreError { op, message })?;
     let mut stmt = conn.prepare_cached(INSERT).map_err(sql_error(op))?;
-    stmt.execute(params![
-        &key.0[..],
-        c.data,
-        c.deadline,
-        c.created_at,
-        c.subject,
-        c.hard_expires_at,
-        c.expiry_kind,
-        c.expiry_secs,
-        c.seen_at,
-    ])
-    .map_err(|e| {
+    stmt.execute(&c.row(key)[..]).map_err(|e| {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
             StoreError {
                 op,
@@ -507,19 +511,9 @@ fn compare_and_swap(
         Write::Save(record) => {
             let c = Columns::of(record, idle).map_err(|message| StoreError { op: OP, message })?;
             let mut stmt = conn.prepare_cached(UPDATE_IF).map_err(sql_error(OP))?;
-            stmt.execute(params![
-                &key.0[..],
-                c.data,
-                c.deadline,
-                c.created_at,
-                c.subject,
-                c.hard_expires_at,
-                c.expiry_kind,
-                c.expiry_secs,
-                c.seen_at,
-                version,
-            ])
-            .map_err(sql_error(OP))?
+            let mut values = c.row(key).to_vec();
+            values.push(&version);
+            stmt.execute(&values[..]).map_err(sql_error(OP))?
         }
         Write::Move(..) | Write::Delete => {
             let mut stmt = conn.prepare_cached(DELETE_IF).map_err(sql_error(OP))?;
